@@ -1,0 +1,172 @@
+//! What a job is, as the wire describes it.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// The three kinds of job, named as in the original service (they appear in job ids).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum JobKind {
+    BaselineCsv,
+    BulkTeam,
+    CreateExport,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::BaselineCsv => "baselineCSV",
+            JobKind::BulkTeam => "bulkTeam",
+            JobKind::CreateExport => "createExport",
+        }
+    }
+
+    pub fn all() -> [JobKind; 3] {
+        [JobKind::BaselineCsv, JobKind::BulkTeam, JobKind::CreateExport]
+    }
+}
+
+impl fmt::Display for JobKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobKind {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        JobKind::all().into_iter().find(|k| k.as_str() == s).ok_or(())
+    }
+}
+
+/// The kinds whose input is an uploaded file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UploadKind {
+    BaselineCsv,
+    BulkTeam,
+}
+
+impl From<UploadKind> for JobKind {
+    fn from(k: UploadKind) -> JobKind {
+        match k {
+            UploadKind::BaselineCsv => JobKind::BaselineCsv,
+            UploadKind::BulkTeam => JobKind::BulkTeam,
+        }
+    }
+}
+
+/// `queued -> running <-> paused -> completed | failed | terminated`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum JobState {
+    Queued,
+    Running,
+    Paused,
+    Completed,
+    Failed,
+    Terminated,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Paused => "paused",
+            JobState::Completed => "completed",
+            JobState::Failed => "failed",
+            JobState::Terminated => "terminated",
+        }
+    }
+
+    /// A finished job never changes again.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            JobState::Completed | JobState::Failed | JobState::Terminated
+        )
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobState {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        [
+            JobState::Queued,
+            JobState::Running,
+            JobState::Paused,
+            JobState::Completed,
+            JobState::Failed,
+            JobState::Terminated,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+        .ok_or(())
+    }
+}
+
+/// A control action. On the wire the action travels as text so that the daemon,
+/// not each client, decides what is valid (`invalid_action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    Stop,
+    Start,
+    Terminate,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Stop => "stop",
+            Action::Start => "start",
+            Action::Terminate => "terminate",
+        }
+    }
+
+    /// Exact, case-sensitive names, as the original service accepted them.
+    pub fn parse(s: &str) -> Option<Action> {
+        match s {
+            "stop" => Some(Action::Stop),
+            "start" => Some(Action::Start),
+            "terminate" => Some(Action::Terminate),
+            _ => None,
+        }
+    }
+}
+
+/// A job as the daemon reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobInfo {
+    pub id: String,
+    pub kind: JobKind,
+    pub state: JobState,
+    /// User name of the owner.
+    pub owner: String,
+    pub owner_uid: u32,
+    /// Units applied.
+    pub processed: u64,
+    /// Units rejected as row errors.
+    pub failed: u64,
+    /// Units in all, when known.
+    pub total: Option<u64>,
+    /// Unix milliseconds.
+    pub created_at: u64,
+    /// Unix milliseconds.
+    pub updated_at: u64,
+    /// Why the job failed.
+    pub error: Option<String>,
+    /// Units per second, if throttled.
+    pub rate: Option<f64>,
+}
+
+/// One rejected unit: its 1-based data row (the header is not counted) and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RowError {
+    pub row: u64,
+    pub message: String,
+}

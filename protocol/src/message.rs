@@ -1,0 +1,82 @@
+//! Requests and responses. The variant order is part of the wire format: bincode
+//! writes the variant index, so new variants go at the end and none is ever removed.
+
+use crate::error::ErrorCode;
+use crate::job::{JobInfo, RowError, UploadKind};
+use serde::{Deserialize, Serialize};
+
+/// What a client sends. One request at a time per connection; `Chunk` and `End`
+/// only follow a submit that the daemon answered with `Ready`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// First frame of every connection.
+    Hello {
+        protocol_version: u32,
+        client: String,
+    },
+    Ping,
+    /// Start an upload; the daemon answers `Ready`, then the client sends `Chunk`s
+    /// and `End`, and the daemon answers `Job` once the file is spooled and the job exists.
+    SubmitUpload {
+        kind: UploadKind,
+        rate: Option<f64>,
+    },
+    Chunk {
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// End of an upload, with the number of bytes sent (checked by the daemon).
+    End { bytes: u64 },
+    SubmitExport {
+        from: String,
+        to: String,
+        rate: Option<f64>,
+    },
+    /// `action` is `stop`, `start` or `terminate`; anything else is `invalid_action`.
+    Control { id: String, action: String },
+    /// Status of these jobs, or of all the caller's jobs when `ids` is empty.
+    Status { ids: Vec<String> },
+    /// A `Job` frame now and at every progress step or state change until the job ends.
+    Watch { id: String },
+    /// Answers once every job has finished, with their final states.
+    Wait { ids: Vec<String> },
+    /// The output file of a completed export, as `Chunk`s then `End`.
+    Output { id: String },
+    /// The row errors of a job, as `RowErrors` pages then `End`.
+    Errors { id: String },
+}
+
+/// What the daemon sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    Welcome {
+        protocol_version: u32,
+        daemon_version: String,
+        user: String,
+    },
+    Pong,
+    /// The daemon accepts the upload's chunks now.
+    Ready,
+    /// One job: the answer to a submit, a control, or a step of a watch.
+    Job(JobInfo),
+    /// A page of jobs; a list of pages ends with `End`.
+    Jobs(Vec<JobInfo>),
+    Chunk {
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// A page of row errors; the list ends with `End`.
+    RowErrors(Vec<RowError>),
+    /// End of a stream: the number of items (jobs, errors) or bytes sent.
+    End { count: u64 },
+    Error { code: ErrorCode, message: String },
+}
+
+impl Response {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+        Response::Error {
+            code,
+            message: message.into(),
+        }
+    }
+}
