@@ -9,6 +9,7 @@ pub mod error;
 pub mod frame;
 pub mod job;
 pub mod message;
+pub mod paths;
 
 pub use client::{Client, ClientError};
 pub use error::ErrorCode;
