@@ -1,0 +1,39 @@
+//! `Control`: stop, start or terminate a job. Checks run in the original service's
+//! order: id, then existence, then action.
+
+use super::{refuse, Context};
+use crate::connection::{ConnError, Connection};
+use crate::registry::{Caller, Refusal};
+use jobd_protocol::{Action, ErrorCode, Response};
+
+pub async fn handle(
+    conn: &mut Connection,
+    ctx: &Context,
+    caller: &Caller,
+    id: &str,
+    action: &str,
+) -> Result<(), ConnError> {
+    match control(ctx, caller, id.trim(), action.trim()).await {
+        Ok(info) => conn.send(&Response::Job(info)).await,
+        Err(r) => refuse(conn, r).await,
+    }
+}
+
+async fn control(
+    ctx: &Context,
+    caller: &Caller,
+    id: &str,
+    action: &str,
+) -> Result<jobd_protocol::JobInfo, Refusal> {
+    if id.is_empty() {
+        return Err(Refusal::new(ErrorCode::InvalidId, "the job id is empty"));
+    }
+    ctx.registry.get(caller, id)?;
+    let action = Action::parse(action).ok_or_else(|| {
+        Refusal::new(
+            ErrorCode::InvalidAction,
+            format!("action {action:?} is not one of stop, start, terminate"),
+        )
+    })?;
+    ctx.registry.control(caller, id, action).await
+}

@@ -1,0 +1,251 @@
+//! `createExport`: for each date of an inclusive range, the caller's baseline records
+//! of that date are appended to the job's CSV file.
+//!
+//! What an export sees is fixed when it starts: the baseline jobs completed by then
+//! (`finished_seq <= snapshot`), and the header they make — `date`, then the union
+//! of their columns in first-seen order. The file is truncated back to the length
+//! recorded with the cursor on every resume, so a date is never written twice.
+
+use super::{JobContext, JobRun, KindError, Unit};
+use crate::dates;
+use csv::{Writer, WriterBuilder};
+use rusqlite::{params, Connection};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom};
+use std::path::PathBuf;
+
+/// The inclusive range, as stored in the job's `input`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct ExportRange {
+    pub from: i64,
+    pub to: i64,
+}
+
+impl ExportRange {
+    pub fn from_input(input: &str) -> Result<ExportRange, KindError> {
+        serde_json::from_str(input)
+            .map_err(|e| KindError::Fatal(format!("corrupt export range: {e}")))
+    }
+
+    pub fn to_input(self) -> String {
+        serde_json::json!({ "from": self.from, "to": self.to }).to_string()
+    }
+
+    pub fn days(self) -> u64 {
+        (self.to - self.from + 1).max(0) as u64
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Cursor {
+    next: i64,
+    file_len: u64,
+    snapshot: i64,
+    columns: Vec<String>,
+}
+
+pub struct Export {
+    range: ExportRange,
+    owner_uid: u32,
+    path: PathBuf,
+    writer: Writer<File>,
+    cursor: Cursor,
+    /// Output position of each column, by name.
+    column_index: HashMap<String, usize>,
+    /// For each source job: where each of its columns goes in the output.
+    job_maps: HashMap<i64, Vec<Option<usize>>>,
+    out: Vec<String>,
+}
+
+impl Export {
+    pub fn open(ctx: &JobContext<'_>, conn: &Connection) -> Result<Export, KindError> {
+        let range = ExportRange::from_input(ctx.input)?;
+        let path = ctx.paths.export_file(ctx.id);
+        let saved: Option<Cursor> = match ctx.cursor {
+            Some(c) => Some(
+                serde_json::from_str(c)
+                    .map_err(|e| KindError::Fatal(format!("corrupt cursor: {e}")))?,
+            ),
+            None => None,
+        };
+        let io = |what: &str| {
+            let what = format!("{what} {}", path.display());
+            move |e| KindError::io(what, e)
+        };
+        let fresh = saved.is_none();
+        let cursor = match saved {
+            Some(c) => c,
+            None => fresh_cursor(conn, range, ctx.owner_uid)?,
+        };
+        let mut file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io("cannot open"))?;
+        // Whatever was written after the last commit is not part of the export.
+        let keep = if fresh { 0 } else { cursor.file_len };
+        file.set_len(keep).map_err(io("cannot truncate"))?;
+        file.seek(SeekFrom::Start(keep))
+            .map_err(io("cannot seek in"))?;
+        let mut writer = WriterBuilder::new().from_writer(file);
+        if fresh {
+            let header = std::iter::once("date").chain(cursor.columns.iter().map(String::as_str));
+            writer
+                .write_record(header)
+                .map_err(|e| KindError::Fatal(format!("cannot write the header: {e}")))?;
+        }
+        let column_index = cursor
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.clone(), i + 1))
+            .collect();
+        let width = cursor.columns.len() + 1;
+        let mut export = Export {
+            range,
+            owner_uid: ctx.owner_uid,
+            path,
+            writer,
+            cursor,
+            column_index,
+            job_maps: HashMap::new(),
+            out: vec![String::new(); width],
+        };
+        if fresh {
+            export.sync()?;
+        }
+        Ok(export)
+    }
+
+    fn job_map(&mut self, conn: &Connection, job_seq: i64) -> Result<&[Option<usize>], KindError> {
+        if !self.job_maps.contains_key(&job_seq) {
+            let columns: String = conn.query_row(
+                "SELECT columns FROM baseline_columns WHERE job_seq = ?1",
+                [job_seq],
+                |r| r.get(0),
+            )?;
+            let columns: Vec<String> = serde_json::from_str(&columns)
+                .map_err(|e| KindError::Fatal(format!("corrupt columns of a baseline: {e}")))?;
+            let map = columns
+                .iter()
+                .map(|c| self.column_index.get(c).copied())
+                .collect();
+            self.job_maps.insert(job_seq, map);
+        }
+        Ok(self
+            .job_maps
+            .get(&job_seq)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]))
+    }
+}
+
+/// Fixes the snapshot and the header of a fresh export.
+fn fresh_cursor(
+    conn: &Connection,
+    range: ExportRange,
+    owner_uid: u32,
+) -> Result<Cursor, KindError> {
+    let snapshot: i64 =
+        conn.query_row("SELECT COALESCE(MAX(finished_seq), 0) FROM jobs", [], |r| {
+            r.get(0)
+        })?;
+    // Jobs in the order their first record appears in the output: date, then job.
+    let mut stmt = conn.prepare(
+        "SELECT c.columns FROM
+            (SELECT id >> 32 AS job_seq, MIN(date) AS first FROM baseline_records
+              WHERE owner_uid = ?1 AND date BETWEEN ?2 AND ?3 GROUP BY job_seq) AS x
+         JOIN jobs j ON j.seq = x.job_seq
+         JOIN baseline_columns c ON c.job_seq = x.job_seq
+         WHERE j.state = 'completed' AND j.finished_seq <= ?4
+         ORDER BY x.first, x.job_seq",
+    )?;
+    let rows = stmt.query_map(
+        params![
+            owner_uid,
+            dates::format(range.from),
+            dates::format(range.to),
+            snapshot
+        ],
+        |r| r.get::<_, String>(0),
+    )?;
+    let mut columns: Vec<String> = Vec::new();
+    for job_columns in rows {
+        let job_columns: Vec<String> = serde_json::from_str(&job_columns?)
+            .map_err(|e| KindError::Fatal(format!("corrupt columns of a baseline: {e}")))?;
+        for c in job_columns {
+            if !columns.contains(&c) {
+                columns.push(c);
+            }
+        }
+    }
+    Ok(Cursor {
+        next: range.from,
+        file_len: 0,
+        snapshot,
+        columns,
+    })
+}
+
+impl JobRun for Export {
+    fn step(&mut self, conn: &Connection) -> Result<Option<Unit>, KindError> {
+        if self.cursor.next > self.range.to {
+            return Ok(None);
+        }
+        let date = dates::format(self.cursor.next);
+        let mut stmt = conn.prepare_cached(
+            "SELECT r.id >> 32, r.data FROM baseline_records r
+             JOIN jobs j ON j.seq = r.id >> 32
+             WHERE r.owner_uid = ?1 AND r.date = ?2
+               AND j.state = 'completed' AND j.finished_seq <= ?3
+             ORDER BY r.id",
+        )?;
+        let mut rows = stmt.query(params![self.owner_uid, date, self.cursor.snapshot])?;
+        while let Some(row) = rows.next()? {
+            let job_seq: i64 = row.get(0)?;
+            let data: String = row.get(1)?;
+            let values: Vec<String> = serde_json::from_str(&data)
+                .map_err(|e| KindError::Fatal(format!("corrupt baseline record: {e}")))?;
+            let map = self.job_map(conn, job_seq)?.to_vec();
+            for v in self.out.iter_mut() {
+                v.clear();
+            }
+            self.out[0].push_str(&date);
+            for (value, slot) in values.iter().zip(map) {
+                if let Some(i) = slot {
+                    self.out[i].push_str(value);
+                }
+            }
+            self.writer.write_record(&self.out).map_err(|e| {
+                KindError::Fatal(format!("cannot write {}: {e}", self.path.display()))
+            })?;
+        }
+        self.cursor.next += 1;
+        Ok(Some(Unit::Applied))
+    }
+
+    fn cursor(&self) -> String {
+        serde_json::to_string(&self.cursor).unwrap_or_default()
+    }
+
+    fn total(&self) -> Option<u64> {
+        Some(self.range.days())
+    }
+
+    fn sync(&mut self) -> Result<(), KindError> {
+        let path = self.path.display().to_string();
+        self.writer
+            .flush()
+            .map_err(|e| KindError::io(format!("cannot write {path}"), e))?;
+        let mut file: &File = self.writer.get_ref();
+        file.sync_data()
+            .map_err(|e| KindError::io(format!("cannot sync {path}"), e))?;
+        self.cursor.file_len = file
+            .stream_position()
+            .map_err(|e| KindError::io(format!("cannot tell the size of {path}"), e))?;
+        Ok(())
+    }
+}

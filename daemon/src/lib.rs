@@ -1,0 +1,17 @@
+//! jobd: the daemon. Data flows one way:
+//! socket → `server` → `handler` → `registry` → `worker` → `kinds` → `store`.
+
+pub mod config;
+pub mod connection;
+pub mod daemon;
+pub mod dates;
+pub mod handler;
+pub mod kinds;
+pub mod registry;
+pub mod scheduler;
+pub mod server;
+pub mod shutdown;
+pub mod spool;
+pub mod store;
+pub mod users;
+pub mod worker;

@@ -1,0 +1,665 @@
+//! The registry: every job by id, who owns it, its live state, the worker of each
+//! running job, and who is watching. It is the only place that changes a job's state.
+//!
+//! One std mutex guards the maps; it is held only for bookkeeping, never across
+//! I/O or an `.await`. Store writes run on blocking threads and are committed before
+//! the caller is answered.
+
+use crate::kinds::{self, Paths};
+use crate::scheduler::Scheduler;
+use crate::store::{self, now_ms, JobRow, NewJob, Store, StoreError, StoredState};
+use crate::worker::{self, Control, Exit, Progress, Worker};
+use jobd_protocol::{Action, ErrorCode, JobInfo, JobKind, JobState};
+use std::collections::{HashMap, HashSet};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+
+/// How long `stop` and `terminate` wait for a running worker to park.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A request the registry refuses, with the code clients see.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn storage(e: impl std::fmt::Display) -> Refusal {
+        Refusal::new(ErrorCode::StorageError, e.to_string())
+    }
+}
+
+/// Who is asking, from the socket's peer credentials.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub uid: u32,
+    pub user: String,
+}
+
+impl Caller {
+    fn may_see(&self, info: &JobInfo) -> bool {
+        self.uid == 0 || self.uid == info.owner_uid
+    }
+}
+
+/// A job to create.
+pub struct Submission {
+    pub kind: JobKind,
+    pub rate: Option<f64>,
+    /// The spool file name, or the export range as JSON.
+    pub input: String,
+}
+
+pub struct Limits {
+    pub max_running: usize,
+    pub max_row_errors: u64,
+}
+
+pub struct Registry {
+    state: Mutex<State>,
+    store: Store,
+    paths: Paths,
+    max_row_errors: u64,
+    /// Signalled whenever a worker ends, for shutdown.
+    worker_ended: Notify,
+}
+
+struct State {
+    jobs: HashMap<String, Entry>,
+    /// Ids handed out whose job is not in `jobs` yet.
+    reserved: HashSet<String>,
+    scheduler: Scheduler,
+    /// Jobs with a control in progress: controls on one job are serialized.
+    controlling: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    shutting_down: bool,
+}
+
+struct Entry {
+    seq: i64,
+    info: JobInfo,
+    /// Present while a worker runs the job.
+    worker: Option<mpsc::Sender<Control>>,
+    /// Present while someone watches the job; created on demand.
+    watch: Option<watch::Sender<JobInfo>>,
+}
+
+impl Entry {
+    fn publish(&mut self) {
+        if let Some(tx) = &self.watch {
+            if tx.receiver_count() == 0 {
+                self.watch = None;
+            } else {
+                tx.send_replace(self.info.clone());
+            }
+        }
+    }
+
+    fn set_state(&mut self, state: JobState) {
+        self.info.state = state;
+        self.info.updated_at = now_ms();
+        self.publish();
+    }
+}
+
+fn info_of(row: &JobRow, state: JobState) -> JobInfo {
+    JobInfo {
+        id: row.id.clone(),
+        kind: row.kind,
+        state,
+        owner: row.owner.clone(),
+        owner_uid: row.owner_uid,
+        processed: row.processed,
+        failed: row.failed,
+        total: row.total,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+        error: row.error.clone(),
+        rate: row.rate,
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Refusal> + Send + 'static,
+) -> Result<T, Refusal> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Refusal::new(ErrorCode::Internal, format!("store task failed: {e}")))?
+}
+
+impl Registry {
+    /// Loads every job from the store. Terminates interrupted by a crash are finished;
+    /// jobs that were queued or running are queued again in creation order.
+    pub fn load(store: Store, paths: Paths, limits: Limits) -> Result<Arc<Registry>, StoreError> {
+        let conn = store.conn()?;
+        let rows = store::jobs::load_all(&conn)?;
+        let mut state = State {
+            jobs: HashMap::with_capacity(rows.len()),
+            reserved: HashSet::new(),
+            scheduler: Scheduler::new(limits.max_running),
+            controlling: HashMap::new(),
+            shutting_down: false,
+        };
+        let mut live_spool = HashSet::new();
+        for mut row in rows {
+            let public = match row.state {
+                StoredState::Terminating => {
+                    tracing::info!(job = %row.id, "finishing an interrupted terminate");
+                    worker::terminate(&conn, &row, &paths).map_err(|e| {
+                        StoreError::Corrupt(format!("cannot terminate {}: {e}", row.id))
+                    })?;
+                    row = store::jobs::load(&conn, row.seq)?;
+                    JobState::Terminated
+                }
+                StoredState::Public(JobState::Running | JobState::Queued) => {
+                    state.scheduler.enqueue(row.id.clone());
+                    JobState::Queued
+                }
+                StoredState::Public(s) => s,
+            };
+            if !public.is_finished() && row.kind != JobKind::CreateExport {
+                live_spool.insert(row.input.clone());
+            }
+            let entry = Entry {
+                seq: row.seq,
+                info: info_of(&row, public),
+                worker: None,
+                watch: None,
+            };
+            state.jobs.insert(row.id.clone(), entry);
+        }
+        remove_stray_spool_files(&paths, &live_spool);
+        Ok(Arc::new(Registry {
+            state: Mutex::new(state),
+            store,
+            paths,
+            max_row_errors: limits.max_row_errors,
+            worker_ended: Notify::new(),
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind; keep serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn paths(&self) -> &Paths {
+        &self.paths
+    }
+
+    /// Creates a job and queues it. The job exists once this returns.
+    pub async fn submit(
+        self: &Arc<Self>,
+        caller: &Caller,
+        sub: Submission,
+    ) -> Result<JobInfo, Refusal> {
+        let created_at = now_ms();
+        let id = {
+            let mut st = self.lock();
+            if st.shutting_down {
+                return Err(Refusal::new(
+                    ErrorCode::ShuttingDown,
+                    "the daemon is shutting down",
+                ));
+            }
+            let id = allocate_id(&st, &caller.user, sub.kind, created_at / 1000);
+            st.reserved.insert(id.clone());
+            id
+        };
+        let store = self.store.clone();
+        let total = kinds::total_at_submit(sub.kind, &sub.input);
+        let (owner_uid, owner) = (caller.uid, caller.user.clone());
+        let (id2, input, kind, rate) = (id.clone(), sub.input, sub.kind, sub.rate);
+        let inserted = blocking(move || {
+            let conn = store.conn().map_err(Refusal::storage)?;
+            let seq = store::jobs::insert(
+                &conn,
+                &NewJob {
+                    id: &id2,
+                    kind,
+                    owner_uid,
+                    owner: &owner,
+                    rate,
+                    total,
+                    input: &input,
+                    created_at,
+                },
+            )
+            .map_err(Refusal::storage)?;
+            store::jobs::load(&conn, seq).map_err(Refusal::storage)
+        })
+        .await;
+        let mut st = self.lock();
+        st.reserved.remove(&id);
+        let row = inserted?;
+        let info = info_of(&row, JobState::Queued);
+        st.jobs.insert(
+            id.clone(),
+            Entry {
+                seq: row.seq,
+                info: info.clone(),
+                worker: None,
+                watch: None,
+            },
+        );
+        st.scheduler.enqueue(id);
+        self.dispatch(&mut st);
+        Ok(info)
+    }
+
+    /// Starts the jobs queued at load time.
+    pub fn start(self: &Arc<Self>) {
+        let mut st = self.lock();
+        self.dispatch(&mut st);
+    }
+
+    /// Starts queued jobs while there are free slots.
+    fn dispatch(self: &Arc<Self>, st: &mut State) {
+        if st.shutting_down {
+            return;
+        }
+        while let Some(id) = st.scheduler.next() {
+            let Some(entry) = st.jobs.get_mut(&id) else {
+                st.scheduler.release();
+                continue;
+            };
+            let (tx, rx) = mpsc::channel();
+            entry.worker = Some(tx);
+            entry.set_state(JobState::Running);
+            let reporter = Arc::downgrade(self);
+            let report_id = id.clone();
+            let w = Worker {
+                store: self.store.clone(),
+                seq: entry.seq,
+                paths: self.paths.clone(),
+                controls: rx,
+                max_row_errors: self.max_row_errors,
+                report: Box::new(move |p: Progress| {
+                    if let Some(reg) = reporter.upgrade() {
+                        reg.progress(&report_id, p);
+                    }
+                }),
+            };
+            let me = Arc::clone(self);
+            tokio::spawn(async move {
+                let exit = match tokio::task::spawn_blocking(move || w.run()).await {
+                    Ok(exit) => exit,
+                    Err(e) => Exit::Failed(format!("the worker crashed: {e}")),
+                };
+                me.worker_exited(&id, exit).await;
+            });
+        }
+    }
+
+    fn progress(&self, id: &str, p: Progress) {
+        let mut st = self.lock();
+        if let Some(e) = st.jobs.get_mut(id) {
+            e.info.processed = p.processed;
+            e.info.failed = p.failed;
+            e.info.total = p.total;
+            e.info.updated_at = now_ms();
+            e.publish();
+        }
+    }
+
+    async fn worker_exited(self: &Arc<Self>, id: &str, exit: Exit) {
+        if let Exit::Failed(msg) = &exit {
+            tracing::warn!(job = %id, error = %msg, "job failed");
+            self.persist_failure(id, msg).await;
+        }
+        let mut st = self.lock();
+        st.scheduler.release();
+        if let Some(e) = st.jobs.get_mut(id) {
+            e.worker = None;
+            match exit {
+                Exit::Completed => e.set_state(JobState::Completed),
+                Exit::Paused => e.set_state(JobState::Paused),
+                Exit::Terminated => e.set_state(JobState::Terminated),
+                Exit::Failed(msg) => {
+                    e.info.error = Some(msg);
+                    e.set_state(JobState::Failed);
+                }
+                Exit::Shutdown => {}
+            }
+        }
+        self.dispatch(&mut st);
+        drop(st);
+        self.worker_ended.notify_waiters();
+    }
+
+    /// A worker that could not even record its failure (store unreachable, panic)
+    /// gets one more try from here.
+    async fn persist_failure(&self, id: &str, msg: &str) {
+        let Some(seq) = self.lock().jobs.get(id).map(|e| e.seq) else {
+            return;
+        };
+        let store = self.store.clone();
+        let msg = msg.to_string();
+        let _ = blocking(move || {
+            let conn = store.conn().map_err(Refusal::storage)?;
+            let row = store::jobs::load(&conn, seq).map_err(Refusal::storage)?;
+            if row.state != StoredState::Public(JobState::Failed) {
+                store::jobs::set_state(
+                    &conn,
+                    seq,
+                    StoredState::Public(JobState::Failed),
+                    Some(&msg),
+                )
+                .map_err(Refusal::storage)?;
+            }
+            Ok(())
+        })
+        .await;
+    }
+
+    /// The job `id` as `caller` may see it.
+    pub fn get(&self, caller: &Caller, id: &str) -> Result<(i64, JobInfo), Refusal> {
+        let st = self.lock();
+        lookup(&st, caller, id).map(|e| (e.seq, e.info.clone()))
+    }
+
+    /// Every job `caller` may see, in creation order.
+    pub fn list(&self, caller: &Caller) -> Vec<JobInfo> {
+        let st = self.lock();
+        let mut jobs: Vec<(i64, JobInfo)> = st
+            .jobs
+            .values()
+            .filter(|e| caller.may_see(&e.info))
+            .map(|e| (e.seq, e.info.clone()))
+            .collect();
+        jobs.sort_by_key(|(seq, _)| *seq);
+        jobs.into_iter().map(|(_, i)| i).collect()
+    }
+
+    /// A live view of the job: the receiver sees every later change.
+    pub fn subscribe(
+        &self,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<watch::Receiver<JobInfo>, Refusal> {
+        let mut st = self.lock();
+        lookup(&st, caller, id)?;
+        let e = st.jobs.get_mut(id).ok_or_else(|| not_found(id))?;
+        Ok(subscribe_entry(e))
+    }
+
+    /// Applies `action` to the job and answers once it has taken effect.
+    pub async fn control(
+        self: &Arc<Self>,
+        caller: &Caller,
+        id: &str,
+        action: Action,
+    ) -> Result<JobInfo, Refusal> {
+        let gate = {
+            let mut st = self.lock();
+            lookup(&st, caller, id)?;
+            Arc::clone(st.controlling.entry(id.to_string()).or_default())
+        };
+        let result = {
+            let _serial = gate.lock().await;
+            self.control_serialized(id, action).await
+        };
+        let mut st = self.lock();
+        if Arc::strong_count(&gate) == 2 {
+            st.controlling.remove(id);
+        }
+        result
+    }
+
+    async fn control_serialized(
+        self: &Arc<Self>,
+        id: &str,
+        action: Action,
+    ) -> Result<JobInfo, Refusal> {
+        // Loops only when a queued job started running under our feet.
+        loop {
+            if let Some(answer) = self.control_once(id, action).await {
+                return answer;
+            }
+        }
+    }
+
+    /// One attempt at a control; `None` means the job changed state meanwhile.
+    async fn control_once(
+        self: &Arc<Self>,
+        id: &str,
+        action: Action,
+    ) -> Option<Result<JobInfo, Refusal>> {
+        let (state, seq) = {
+            let st = self.lock();
+            match st.jobs.get(id) {
+                Some(e) => (e.info.state, e.seq),
+                None => return Some(Err(not_found(id))),
+            }
+        };
+        if state.is_finished() {
+            return Some(Err(finished(id, state)));
+        }
+        Some(match (action, state) {
+            (Action::Stop, JobState::Paused)
+            | (Action::Start, JobState::Queued | JobState::Running) => self.info(id),
+            (Action::Stop | Action::Terminate, JobState::Running) => {
+                let control = if action == Action::Stop {
+                    Control::Pause
+                } else {
+                    Control::Terminate
+                };
+                self.control_worker(id, control, action).await
+            }
+            (Action::Stop, JobState::Queued) => {
+                if !self.lock().scheduler.dequeue(id) {
+                    return None;
+                }
+                if let Err(e) = self.persist_state(seq, JobState::Paused).await {
+                    let mut st = self.lock();
+                    st.scheduler.enqueue(id.to_string());
+                    self.dispatch(&mut st);
+                    return Some(Err(e));
+                }
+                self.set_state(id, JobState::Paused)
+            }
+            (Action::Start, JobState::Paused) => {
+                if let Err(e) = self.persist_state(seq, JobState::Queued).await {
+                    return Some(Err(e));
+                }
+                let mut st = self.lock();
+                let info = match st.jobs.get_mut(id) {
+                    Some(e) => {
+                        e.set_state(JobState::Queued);
+                        e.info.clone()
+                    }
+                    None => return Some(Err(not_found(id))),
+                };
+                st.scheduler.enqueue(id.to_string());
+                self.dispatch(&mut st);
+                Ok(info)
+            }
+            (Action::Terminate, JobState::Queued | JobState::Paused) => {
+                if !self.lock().scheduler.dequeue(id) && state == JobState::Queued {
+                    return None;
+                }
+                let (store, paths) = (self.store.clone(), self.paths.clone());
+                let undone = blocking(move || {
+                    let conn = store.conn().map_err(Refusal::storage)?;
+                    let row = store::jobs::load(&conn, seq).map_err(Refusal::storage)?;
+                    worker::terminate(&conn, &row, &paths).map_err(Refusal::storage)
+                })
+                .await;
+                undone.and_then(|()| self.set_state(id, JobState::Terminated))
+            }
+            (_, s) => Err(finished(id, s)),
+        })
+    }
+
+    /// Sends a control to the running worker and waits until it has parked or ended.
+    async fn control_worker(
+        &self,
+        id: &str,
+        control: Control,
+        action: Action,
+    ) -> Result<JobInfo, Refusal> {
+        let mut rx = {
+            let mut st = self.lock();
+            let e = st.jobs.get_mut(id).ok_or_else(|| not_found(id))?;
+            let rx = subscribe_entry(e);
+            if let Some(w) = &e.worker {
+                // A worker that already ended has dropped its receiver; the state
+                // change it made is what we wait for below.
+                let _ = w.send(control);
+            }
+            rx
+        };
+        let settled = tokio::time::timeout(
+            CONTROL_TIMEOUT,
+            rx.wait_for(|i| i.state != JobState::Running && i.state != JobState::Queued),
+        )
+        .await;
+        let info = match settled {
+            Ok(Ok(info)) => info.clone(),
+            Ok(Err(_)) => return Err(Refusal::new(ErrorCode::Internal, "job vanished")),
+            Err(_) => {
+                return Err(Refusal::new(
+                    ErrorCode::WorkerUnresponsive,
+                    format!(
+                        "the worker of {id} did not park within {} s",
+                        CONTROL_TIMEOUT.as_secs()
+                    ),
+                ))
+            }
+        };
+        let wanted = if action == Action::Stop {
+            JobState::Paused
+        } else {
+            JobState::Terminated
+        };
+        if info.state == wanted {
+            Ok(info)
+        } else {
+            Err(finished(id, info.state))
+        }
+    }
+
+    async fn persist_state(&self, seq: i64, state: JobState) -> Result<(), Refusal> {
+        let store = self.store.clone();
+        blocking(move || {
+            let conn = store.conn().map_err(Refusal::storage)?;
+            store::jobs::set_state(&conn, seq, StoredState::Public(state), None)
+                .map_err(Refusal::storage)
+        })
+        .await
+    }
+
+    fn set_state(&self, id: &str, state: JobState) -> Result<JobInfo, Refusal> {
+        let mut st = self.lock();
+        let e = st.jobs.get_mut(id).ok_or_else(|| not_found(id))?;
+        e.set_state(state);
+        Ok(e.info.clone())
+    }
+
+    fn info(&self, id: &str) -> Result<JobInfo, Refusal> {
+        let st = self.lock();
+        st.jobs
+            .get(id)
+            .map(|e| e.info.clone())
+            .ok_or_else(|| not_found(id))
+    }
+
+    /// Stops starting jobs, asks every worker to checkpoint, and waits until all have.
+    pub async fn shutdown(&self) {
+        loop {
+            let notified = self.worker_ended.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = self.lock();
+                st.shutting_down = true;
+                if st.scheduler.running() == 0 {
+                    return;
+                }
+                for e in st.jobs.values() {
+                    if let Some(w) = &e.worker {
+                        let _ = w.send(Control::Shutdown);
+                    }
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+fn subscribe_entry(e: &mut Entry) -> watch::Receiver<JobInfo> {
+    match &e.watch {
+        Some(tx) => tx.subscribe(),
+        None => {
+            let (tx, rx) = watch::channel(e.info.clone());
+            e.watch = Some(tx);
+            rx
+        }
+    }
+}
+
+fn lookup<'a>(st: &'a State, caller: &Caller, id: &str) -> Result<&'a Entry, Refusal> {
+    let e = st.jobs.get(id).ok_or_else(|| not_found(id))?;
+    if !caller.may_see(&e.info) {
+        return Err(Refusal::new(
+            ErrorCode::PermissionDenied,
+            format!("job {id} belongs to another user"),
+        ));
+    }
+    Ok(e)
+}
+
+fn not_found(id: &str) -> Refusal {
+    Refusal::new(ErrorCode::IdDoesntExist, format!("no job with id {id:?}"))
+}
+
+fn finished(id: &str, state: JobState) -> Refusal {
+    Refusal::new(
+        ErrorCode::JobFinished,
+        format!("job {id} has already ended ({state})"),
+    )
+}
+
+/// `<user>-<kind>-<unix seconds>-<n>`: `n` drawn among the numbers still free for
+/// this user, kind and second; past 9 999 taken, it grows beyond.
+fn allocate_id(st: &State, user: &str, kind: JobKind, secs: u64) -> String {
+    let make = |n: u32| format!("{user}-{kind}-{secs}-{n}");
+    let free = |id: &String| !st.jobs.contains_key(id) && !st.reserved.contains(id);
+    for _ in 0..64 {
+        let id = make(fastrand::u32(0..10_000));
+        if free(&id) {
+            return id;
+        }
+    }
+    (0u32..)
+        .map(make)
+        .find(free)
+        .unwrap_or_else(|| format!("{user}-{kind}-{secs}-{}", u64::MAX))
+}
+
+/// Spool files that belong to no unfinished job are leftovers of uploads cut short.
+fn remove_stray_spool_files(paths: &Paths, live: &HashSet<String>) {
+    let Ok(dir) = std::fs::read_dir(&paths.spool_dir) else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !live.contains(&name) {
+            tracing::info!(file = %name, "removing a stray spool file");
+            kinds::remove_files(&[entry.path()]);
+        }
+    }
+}

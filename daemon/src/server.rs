@@ -1,0 +1,173 @@
+//! The socket server: bind (replacing a stale socket, refusing to take over a live
+//! one), accept, learn the caller from the peer credentials, and run one task per
+//! connection until shutdown.
+
+use crate::connection::{ConnError, Connection};
+use crate::handler::{self, Context};
+use crate::registry::Caller;
+use crate::shutdown::Shutdown;
+use crate::users;
+use jobd_protocol::frame::FrameError;
+use jobd_protocol::{ErrorCode, Request, Response, PROTOCOL_VERSION};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{UnixListener, UnixStream};
+
+/// A client must say `Hello` within this time.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct ServerConfig {
+    pub max_frame: u32,
+    pub idle_timeout: Duration,
+}
+
+/// Binds the socket at `path`. A socket nobody answers on is stale and replaced;
+/// one that answers belongs to a running daemon, and binding fails.
+pub fn bind(path: &Path) -> io::Result<UnixListener> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        format!("another jobd is already listening on {}", path.display()),
+                    ))
+                }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    tracing::info!(socket = %path.display(), "replacing a stale socket");
+                    std::fs::remove_file(path)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} exists and is not a socket; not replacing it",
+                    path.display()
+                ),
+            ))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    UnixListener::bind(path)
+}
+
+/// Accepts connections until `shutdown` fires.
+pub async fn run(
+    listener: UnixListener,
+    ctx: Arc<Context>,
+    cfg: Arc<ServerConfig>,
+    mut shutdown: Shutdown,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.recv() => return,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let (ctx, cfg) = (Arc::clone(&ctx), Arc::clone(&cfg));
+                tokio::spawn(async move {
+                    if let Err(e) = serve(stream, &ctx, &cfg).await {
+                        tracing::debug!(error = ?e, "connection ended");
+                    }
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve(stream: UnixStream, ctx: &Context, cfg: &ServerConfig) -> Result<(), ConnError> {
+    let uid = stream.peer_cred()?.uid();
+    let mut conn = Connection::new(stream, cfg.max_frame, cfg.idle_timeout);
+    let caller = match handshake(&mut conn, uid).await? {
+        Some(c) => c,
+        None => return Ok(()),
+    };
+    loop {
+        let req = match conn.read().await {
+            Ok(Some(req)) => req,
+            Ok(None) => return Ok(()),
+            Err(e) => return refuse_and_close(&mut conn, e).await,
+        };
+        handler::handle(&mut conn, ctx, &caller, req).await?;
+    }
+}
+
+/// `Hello` → `Welcome`, naming the user the daemon sees (never one the client claims).
+async fn handshake(conn: &mut Connection, uid: u32) -> Result<Option<Caller>, ConnError> {
+    let hello = match conn.read_within(HANDSHAKE_TIMEOUT).await {
+        Ok(Some(h)) => h,
+        Ok(None) => return Ok(None),
+        Err(e) => return refuse_and_close(conn, e).await.map(|()| None),
+    };
+    let Request::Hello {
+        protocol_version, ..
+    } = hello
+    else {
+        conn.send(&Response::error(
+            ErrorCode::BadRequest,
+            "the first frame must be Hello",
+        ))
+        .await?;
+        return Ok(None);
+    };
+    if protocol_version != PROTOCOL_VERSION {
+        let msg = format!(
+            "client speaks protocol version {protocol_version}, this daemon speaks {PROTOCOL_VERSION}"
+        );
+        conn.send(&Response::error(ErrorCode::UnsupportedProtocol, msg))
+            .await?;
+        return Ok(None);
+    }
+    let user = users::name_of(uid);
+    conn.send(&Response::Welcome {
+        protocol_version: PROTOCOL_VERSION,
+        daemon_version: env!("CARGO_PKG_VERSION").to_string(),
+        user: user.clone(),
+    })
+    .await?;
+    Ok(Some(Caller { uid, user }))
+}
+
+/// Tells the client why its connection is being closed, when there is a reason to give.
+async fn refuse_and_close(conn: &mut Connection, e: ConnError) -> Result<(), ConnError> {
+    let (code, message) = match &e {
+        ConnError::Frame(FrameError::TooLarge { .. }) => {
+            (ErrorCode::FrameTooLarge, e_to_string(&e))
+        }
+        ConnError::Frame(FrameError::Decode(_) | FrameError::TrailingBytes(_)) => {
+            (ErrorCode::BadRequest, e_to_string(&e))
+        }
+        ConnError::Idle => (ErrorCode::BadRequest, "idle timeout".to_string()),
+        _ => return Err(e),
+    };
+    let _ = conn.send(&Response::error(code, message)).await;
+    Err(e)
+}
+
+fn e_to_string(e: &ConnError) -> String {
+    match e {
+        ConnError::Frame(f) => f.to_string(),
+        ConnError::Idle => "idle timeout".into(),
+    }
+}

@@ -1,0 +1,112 @@
+//! The store: an embedded SQLite database (WAL) behind a narrow interface —
+//! create jobs, commit a batch of effects with the job's cursor, roll a job back,
+//! read what clients ask for.
+//!
+//! Connections are pooled; a caller takes one, uses it on a blocking thread and gives
+//! it back on drop. The pool's lock is held only to pop or push, never across I/O.
+
+pub mod jobs;
+mod schema;
+
+pub use jobs::{JobRow, NewJob, StoredState};
+
+use rusqlite::Connection;
+use std::ops::{Deref, DerefMut};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("corrupt store: {0}")]
+    Corrupt(String),
+}
+
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    pool: Mutex<Vec<Connection>>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database and applies the schema.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let store = Store {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                pool: Mutex::new(Vec::new()),
+            }),
+        };
+        let conn = store.conn()?;
+        conn.execute_batch(schema::SCHEMA)?;
+        Ok(store)
+    }
+
+    /// A connection from the pool, or a new one.
+    pub fn conn(&self) -> Result<PooledConn, StoreError> {
+        let pooled = self.inner.pool.lock().ok().and_then(|mut p| p.pop());
+        let conn = match pooled {
+            Some(c) => c,
+            None => open_connection(&self.inner.path)?,
+        };
+        Ok(PooledConn {
+            conn: Some(conn),
+            store: self.clone(),
+        })
+    }
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(30))?;
+    // FULL: an acknowledged commit survives power loss, not only a crash.
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF;",
+    )?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// A pooled connection; returns to the pool when dropped.
+pub struct PooledConn {
+    conn: Option<Connection>,
+    store: Store,
+}
+
+impl Deref for PooledConn {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn.as_ref().expect("connection present until drop")
+    }
+}
+
+impl DerefMut for PooledConn {
+    fn deref_mut(&mut self) -> &mut Connection {
+        self.conn.as_mut().expect("connection present until drop")
+    }
+}
+
+impl Drop for PooledConn {
+    fn drop(&mut self) {
+        if let (Some(conn), Ok(mut pool)) = (self.conn.take(), self.store.inner.pool.lock()) {
+            if pool.len() < 8 {
+                pool.push(conn);
+            }
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,263 @@
+//! The one run loop every job goes through: take the next units from the job kind,
+//! batch them in a transaction, commit each batch together with the job's cursor,
+//! and obey controls between units.
+//!
+//! A worker runs on a blocking thread and owns its input file and store connection.
+//! Pausing ends the worker — thread, file and connection are released — and starting
+//! again creates a new one that resumes from the committed cursor.
+
+use crate::kinds::{self, JobContext, JobRun, KindError, Paths, Unit};
+use crate::store::{self, JobRow, Store, StoredState};
+use jobd_protocol::JobState;
+use rusqlite::Connection;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::time::{Duration, Instant};
+
+/// Units per transaction at most; a batch also commits once it is this old.
+const BATCH_UNITS: u64 = 10_000;
+const BATCH_AGE: Duration = Duration::from_millis(200);
+
+/// What the registry asks of a running worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Commit and park as `paused`.
+    Pause,
+    /// Roll the job back and end it as `terminated`.
+    Terminate,
+    /// Commit and end, leaving the job `running` so that a restart resumes it.
+    Shutdown,
+}
+
+/// How a worker ended; the store already says so when this is returned.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Exit {
+    Completed,
+    Paused,
+    Terminated,
+    Failed(String),
+    Shutdown,
+}
+
+/// Committed progress, reported after every commit.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub processed: u64,
+    pub failed: u64,
+    pub total: Option<u64>,
+}
+
+pub struct Worker {
+    pub store: Store,
+    pub seq: i64,
+    pub paths: Paths,
+    pub controls: Receiver<Control>,
+    pub report: Box<dyn Fn(Progress) + Send>,
+    pub max_row_errors: u64,
+}
+
+/// Why the batch loop stopped.
+enum Stop {
+    Done,
+    Control(Control),
+}
+
+impl Worker {
+    pub fn run(self) -> Exit {
+        let conn = match self.store.conn() {
+            Ok(c) => c,
+            Err(e) => return Exit::Failed(format!("cannot open the store: {e}")),
+        };
+        let job = match store::jobs::load(&conn, self.seq) {
+            Ok(j) => j,
+            Err(e) => return Exit::Failed(format!("cannot load the job: {e}")),
+        };
+        match self.run_job(&conn, &job) {
+            Ok(exit) => exit,
+            Err(e) => self.fail(&conn, &job, e),
+        }
+    }
+
+    fn run_job(&self, conn: &Connection, job: &JobRow) -> Result<Exit, KindError> {
+        if job.state != StoredState::Public(JobState::Running) {
+            store::jobs::set_state(conn, job.seq, StoredState::Public(JobState::Running), None)?;
+        }
+        let ctx = context(job, &self.paths);
+        let mut run = kinds::open(job.kind, &ctx, conn)?;
+        let mut progress = Progress {
+            processed: job.processed,
+            failed: job.failed,
+            total: run.total().or(job.total),
+        };
+        let pace = job.rate.map(|rate| (Instant::now(), rate));
+        let mut paced_units = 0u64;
+
+        let stop = 'batches: loop {
+            let started = Instant::now();
+            let mut units = 0u64;
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            let stop = loop {
+                match self.controls.try_recv() {
+                    Ok(c) => break Stop::Control(c),
+                    Err(TryRecvError::Disconnected) => break Stop::Control(Control::Shutdown),
+                    Err(TryRecvError::Empty) => {}
+                }
+                if let Some((t0, rate)) = pace {
+                    let due = t0 + Duration::from_secs_f64(paced_units as f64 / rate);
+                    let now = Instant::now();
+                    if due > now {
+                        // Never sleep inside a transaction: commit what is done first.
+                        if units > 0 {
+                            self.commit(conn, &mut *run, progress, None)?;
+                            continue 'batches;
+                        }
+                        match self.controls.recv_timeout(due - now) {
+                            Ok(c) => break Stop::Control(c),
+                            Err(RecvTimeoutError::Disconnected) => {
+                                break Stop::Control(Control::Shutdown)
+                            }
+                            Err(RecvTimeoutError::Timeout) => {}
+                        }
+                    }
+                }
+                match run.step(conn)? {
+                    None => break Stop::Done,
+                    Some(Unit::Applied) => progress.processed += 1,
+                    Some(Unit::Rejected { row, message }) => {
+                        progress.failed += 1;
+                        if progress.failed > self.max_row_errors {
+                            return Err(KindError::Fatal(format!(
+                                "too many row errors: more than {} (the last at row {row}: {message})",
+                                self.max_row_errors
+                            )));
+                        }
+                        store::jobs::add_row_error(conn, job.seq, row, &message)?;
+                    }
+                }
+                units += 1;
+                paced_units += 1;
+                if units >= BATCH_UNITS || started.elapsed() >= BATCH_AGE {
+                    self.commit(conn, &mut *run, progress, None)?;
+                    continue 'batches;
+                }
+            };
+            break stop;
+        };
+
+        Ok(match stop {
+            Stop::Done => {
+                progress.total = Some(
+                    progress
+                        .total
+                        .unwrap_or(progress.processed + progress.failed),
+                );
+                self.commit(conn, &mut *run, progress, Some(JobState::Completed))?;
+                drop(run);
+                kinds::remove_files(&kinds::files_to_remove(job.kind, &ctx, true));
+                Exit::Completed
+            }
+            Stop::Control(Control::Pause) => {
+                self.commit(conn, &mut *run, progress, Some(JobState::Paused))?;
+                Exit::Paused
+            }
+            Stop::Control(Control::Shutdown) => {
+                self.commit(conn, &mut *run, progress, None)?;
+                Exit::Shutdown
+            }
+            Stop::Control(Control::Terminate) => {
+                conn.execute_batch("ROLLBACK")?;
+                drop(run);
+                terminate(conn, job, &self.paths)?;
+                Exit::Terminated
+            }
+        })
+    }
+
+    /// Commits the open batch with the cursor after it, optionally ending in `state`.
+    fn commit(
+        &self,
+        conn: &Connection,
+        run: &mut dyn JobRun,
+        progress: Progress,
+        state: Option<JobState>,
+    ) -> Result<(), KindError> {
+        run.sync()?;
+        store::jobs::save_progress(
+            conn,
+            self.seq,
+            progress.processed,
+            progress.failed,
+            progress.total,
+            &run.cursor(),
+        )?;
+        if let Some(s) = state {
+            store::jobs::set_state(conn, self.seq, StoredState::Public(s), None)?;
+        }
+        conn.execute_batch("COMMIT")?;
+        (self.report)(progress);
+        Ok(())
+    }
+
+    /// Ends the job as failed: the open batch is dropped, the error recorded.
+    fn fail(&self, conn: &Connection, job: &JobRow, e: KindError) -> Exit {
+        let message = e.to_string();
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        if let Err(e) = store::jobs::set_state(
+            conn,
+            job.seq,
+            StoredState::Public(JobState::Failed),
+            Some(&message),
+        ) {
+            tracing::error!(job = %job.id, error = %e, "cannot record the failure");
+        }
+        kinds::remove_files(&kinds::files_to_remove(
+            job.kind,
+            &context(job, &self.paths),
+            false,
+        ));
+        Exit::Failed(message)
+    }
+}
+
+/// The kind's view of a job.
+pub fn context<'a>(job: &'a JobRow, paths: &'a Paths) -> JobContext<'a> {
+    JobContext {
+        seq: job.seq,
+        id: &job.id,
+        owner_uid: job.owner_uid,
+        input: &job.input,
+        cursor: job.cursor.as_deref(),
+        paths,
+    }
+}
+
+/// Rolls back everything `job` wrote and ends it as `terminated`. The intent is
+/// committed first, so a crash during the rollback is finished at the next start.
+pub fn terminate(conn: &Connection, job: &JobRow, paths: &Paths) -> Result<(), KindError> {
+    store::jobs::set_state(conn, job.seq, StoredState::Terminating, None)?;
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let undo = (|| {
+        kinds::rollback(job.kind, conn, job.seq)?;
+        store::jobs::delete_row_errors(conn, job.seq)?;
+        store::jobs::set_state(
+            conn,
+            job.seq,
+            StoredState::Public(JobState::Terminated),
+            None,
+        )
+    })();
+    match undo {
+        Ok(()) => conn.execute_batch("COMMIT")?,
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e.into());
+        }
+    }
+    kinds::remove_files(&kinds::files_to_remove(
+        job.kind,
+        &context(job, paths),
+        false,
+    ));
+    Ok(())
+}
