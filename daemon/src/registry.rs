@@ -271,7 +271,7 @@ impl Registry {
         if st.shutting_down {
             return;
         }
-        while let Some(id) = st.scheduler.next() {
+        while let Some(id) = st.scheduler.take_next() {
             let Some(entry) = st.jobs.get_mut(&id) else {
                 st.scheduler.release();
                 continue;

@@ -32,7 +32,7 @@ impl Scheduler {
     }
 
     /// The next job to run, taking a slot, if one is free.
-    pub fn next(&mut self) -> Option<String> {
+    pub fn take_next(&mut self) -> Option<String> {
         if self.running >= self.max_running {
             return None;
         }
@@ -62,10 +62,10 @@ mod tests {
             s.enqueue(id.into());
         }
         assert!(s.dequeue("b"));
-        assert_eq!(s.next().as_deref(), Some("a"));
-        assert_eq!(s.next().as_deref(), Some("c"));
-        assert_eq!(s.next(), None);
+        assert_eq!(s.take_next().as_deref(), Some("a"));
+        assert_eq!(s.take_next().as_deref(), Some("c"));
+        assert_eq!(s.take_next(), None);
         s.release();
-        assert_eq!(s.next().as_deref(), Some("d"));
+        assert_eq!(s.take_next().as_deref(), Some("d"));
     }
 }

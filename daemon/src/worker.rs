@@ -58,6 +58,8 @@ pub struct Worker {
 /// Why the batch loop stopped.
 enum Stop {
     Done,
+    /// The row-error limit was crossed: what was done is committed, the job fails.
+    TooManyErrors(String),
     Control(Control),
 }
 
@@ -91,56 +93,56 @@ impl Worker {
         let pace = job.rate.map(|rate| (Instant::now(), rate));
         let mut paced_units = 0u64;
 
-        let stop = 'batches: loop {
-            let started = Instant::now();
-            let mut units = 0u64;
-            conn.execute_batch("BEGIN IMMEDIATE")?;
-            let stop = loop {
-                match self.controls.try_recv() {
-                    Ok(c) => break Stop::Control(c),
-                    Err(TryRecvError::Disconnected) => break Stop::Control(Control::Shutdown),
-                    Err(TryRecvError::Empty) => {}
-                }
-                if let Some((t0, rate)) = pace {
-                    let due = t0 + Duration::from_secs_f64(paced_units as f64 / rate);
-                    let now = Instant::now();
-                    if due > now {
-                        // Never sleep inside a transaction: commit what is done first.
-                        if units > 0 {
-                            self.commit(conn, &mut *run, progress, None)?;
-                            continue 'batches;
+        let mut batch_started = Instant::now();
+        let mut units = 0u64;
+        let stop = loop {
+            match self.controls.try_recv() {
+                Ok(c) => break Stop::Control(c),
+                Err(TryRecvError::Disconnected) => break Stop::Control(Control::Shutdown),
+                Err(TryRecvError::Empty) => {}
+            }
+            if let Some((t0, rate)) = pace {
+                let due = t0 + Duration::from_secs_f64(paced_units as f64 / rate);
+                let now = Instant::now();
+                if due > now {
+                    // Never wait inside a transaction: commit what is done first.
+                    if !conn.is_autocommit() {
+                        self.commit(conn, &mut *run, progress, None)?;
+                    }
+                    match self.controls.recv_timeout(due - now) {
+                        Ok(c) => break Stop::Control(c),
+                        Err(RecvTimeoutError::Disconnected) => {
+                            break Stop::Control(Control::Shutdown)
                         }
-                        match self.controls.recv_timeout(due - now) {
-                            Ok(c) => break Stop::Control(c),
-                            Err(RecvTimeoutError::Disconnected) => {
-                                break Stop::Control(Control::Shutdown)
-                            }
-                            Err(RecvTimeoutError::Timeout) => {}
-                        }
+                        Err(RecvTimeoutError::Timeout) => {}
                     }
                 }
-                match run.step(conn)? {
-                    None => break Stop::Done,
-                    Some(Unit::Applied) => progress.processed += 1,
-                    Some(Unit::Rejected { row, message }) => {
-                        progress.failed += 1;
-                        if progress.failed > self.max_row_errors {
-                            return Err(KindError::Fatal(format!(
-                                "too many row errors: more than {} (the last at row {row}: {message})",
-                                self.max_row_errors
-                            )));
-                        }
-                        store::jobs::add_row_error(conn, job.seq, row, &message)?;
+            }
+            if conn.is_autocommit() {
+                conn.execute_batch("BEGIN IMMEDIATE")?;
+                batch_started = Instant::now();
+                units = 0;
+            }
+            match run.step(conn)? {
+                None => break Stop::Done,
+                Some(Unit::Applied) => progress.processed += 1,
+                Some(Unit::Rejected { row, message }) => {
+                    progress.failed += 1;
+                    if progress.failed > self.max_row_errors {
+                        progress.failed -= 1;
+                        break Stop::TooManyErrors(format!(
+                            "too many row errors: more than {} (the next at row {row}: {message})",
+                            self.max_row_errors
+                        ));
                     }
+                    store::jobs::add_row_error(conn, job.seq, row, &message)?;
                 }
-                units += 1;
-                paced_units += 1;
-                if units >= BATCH_UNITS || started.elapsed() >= BATCH_AGE {
-                    self.commit(conn, &mut *run, progress, None)?;
-                    continue 'batches;
-                }
-            };
-            break stop;
+            }
+            units += 1;
+            paced_units += 1;
+            if units >= BATCH_UNITS || batch_started.elapsed() >= BATCH_AGE {
+                self.commit(conn, &mut *run, progress, None)?;
+            }
         };
 
         Ok(match stop {
@@ -150,21 +152,34 @@ impl Worker {
                         .total
                         .unwrap_or(progress.processed + progress.failed),
                 );
-                self.commit(conn, &mut *run, progress, Some(JobState::Completed))?;
+                self.commit(conn, &mut *run, progress, Some((JobState::Completed, None)))?;
                 drop(run);
                 kinds::remove_files(&kinds::files_to_remove(job.kind, &ctx, true));
                 Exit::Completed
             }
             Stop::Control(Control::Pause) => {
-                self.commit(conn, &mut *run, progress, Some(JobState::Paused))?;
+                self.commit(conn, &mut *run, progress, Some((JobState::Paused, None)))?;
                 Exit::Paused
+            }
+            Stop::TooManyErrors(message) => {
+                self.commit(
+                    conn,
+                    &mut *run,
+                    progress,
+                    Some((JobState::Failed, Some(&message))),
+                )?;
+                drop(run);
+                kinds::remove_files(&kinds::files_to_remove(job.kind, &ctx, false));
+                Exit::Failed(message)
             }
             Stop::Control(Control::Shutdown) => {
                 self.commit(conn, &mut *run, progress, None)?;
                 Exit::Shutdown
             }
             Stop::Control(Control::Terminate) => {
-                conn.execute_batch("ROLLBACK")?;
+                if !conn.is_autocommit() {
+                    conn.execute_batch("ROLLBACK")?;
+                }
                 drop(run);
                 terminate(conn, job, &self.paths)?;
                 Exit::Terminated
@@ -178,8 +193,11 @@ impl Worker {
         conn: &Connection,
         run: &mut dyn JobRun,
         progress: Progress,
-        state: Option<JobState>,
+        end: Option<(JobState, Option<&str>)>,
     ) -> Result<(), KindError> {
+        if conn.is_autocommit() {
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+        }
         run.sync()?;
         store::jobs::save_progress(
             conn,
@@ -189,8 +207,8 @@ impl Worker {
             progress.total,
             &run.cursor(),
         )?;
-        if let Some(s) = state {
-            store::jobs::set_state(conn, self.seq, StoredState::Public(s), None)?;
+        if let Some((state, error)) = end {
+            store::jobs::set_state(conn, self.seq, StoredState::Public(state), error)?;
         }
         conn.execute_batch("COMMIT")?;
         (self.report)(progress);

@@ -71,12 +71,13 @@ pub struct Client {
 impl Client {
     /// Connects to the daemon at `path` and performs the `Hello`/`Welcome` handshake.
     pub async fn connect(path: &Path, client_name: &str) -> Result<Client, ClientError> {
-        let stream = UnixStream::connect(path)
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                path: path.display().to_string(),
-                source,
-            })?;
+        let stream =
+            UnixStream::connect(path)
+                .await
+                .map_err(|source| ClientError::Unreachable {
+                    path: path.display().to_string(),
+                    source,
+                })?;
         let (r, w) = stream.into_split();
         let mut client = Client {
             reader: BufReader::with_capacity(CHUNK_SIZE + 64, r),
@@ -158,7 +159,9 @@ impl Client {
         let mut sent = 0u64;
         let mut buf = vec![0u8; CHUNK_SIZE];
         loop {
-            let n = fill(&mut input, &mut buf).await.map_err(ClientError::Local)?;
+            let n = fill(&mut input, &mut buf)
+                .await
+                .map_err(ClientError::Local)?;
             if n == 0 {
                 break;
             }

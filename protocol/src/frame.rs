@@ -57,8 +57,8 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
     }
     let (msg, used) = match body.len() {
         0..=65_536 => run::<T, 65_536>(body)?,
-        0..=1_048_576 => run::<T, 1_048_576>(body)?,
-        0..=8_388_608 => run::<T, 8_388_608>(body)?,
+        65_537..=1_048_576 => run::<T, 1_048_576>(body)?,
+        1_048_577..=8_388_608 => run::<T, 8_388_608>(body)?,
         _ => run::<T, { HARD_MAX_FRAME as usize }>(body)?,
     };
     if used != body.len() {

@@ -22,7 +22,11 @@ impl JobKind {
     }
 
     pub fn all() -> [JobKind; 3] {
-        [JobKind::BaselineCsv, JobKind::BulkTeam, JobKind::CreateExport]
+        [
+            JobKind::BaselineCsv,
+            JobKind::BulkTeam,
+            JobKind::CreateExport,
+        ]
     }
 }
 
@@ -35,7 +39,10 @@ impl fmt::Display for JobKind {
 impl FromStr for JobKind {
     type Err = ();
     fn from_str(s: &str) -> Result<Self, ()> {
-        JobKind::all().into_iter().find(|k| k.as_str() == s).ok_or(())
+        JobKind::all()
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or(())
     }
 }
 

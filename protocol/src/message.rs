@@ -26,24 +26,39 @@ pub enum Request {
         data: Vec<u8>,
     },
     /// End of an upload, with the number of bytes sent (checked by the daemon).
-    End { bytes: u64 },
+    End {
+        bytes: u64,
+    },
     SubmitExport {
         from: String,
         to: String,
         rate: Option<f64>,
     },
     /// `action` is `stop`, `start` or `terminate`; anything else is `invalid_action`.
-    Control { id: String, action: String },
+    Control {
+        id: String,
+        action: String,
+    },
     /// Status of these jobs, or of all the caller's jobs when `ids` is empty.
-    Status { ids: Vec<String> },
+    Status {
+        ids: Vec<String>,
+    },
     /// A `Job` frame now and at every progress step or state change until the job ends.
-    Watch { id: String },
+    Watch {
+        id: String,
+    },
     /// Answers once every job has finished, with their final states.
-    Wait { ids: Vec<String> },
+    Wait {
+        ids: Vec<String>,
+    },
     /// The output file of a completed export, as `Chunk`s then `End`.
-    Output { id: String },
+    Output {
+        id: String,
+    },
     /// The row errors of a job, as `RowErrors` pages then `End`.
-    Errors { id: String },
+    Errors {
+        id: String,
+    },
 }
 
 /// What the daemon sends.
@@ -68,8 +83,13 @@ pub enum Response {
     /// A page of row errors; the list ends with `End`.
     RowErrors(Vec<RowError>),
     /// End of a stream: the number of items (jobs, errors) or bytes sent.
-    End { count: u64 },
-    Error { code: ErrorCode, message: String },
+    End {
+        count: u64,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 impl Response {

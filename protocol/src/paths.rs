@@ -25,5 +25,7 @@ pub fn default_socket_path() -> PathBuf {
 fn current_uid() -> u32 {
     // /proc/self is owned by the real uid of the process; avoids unsafe libc calls here.
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0)
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(0)
 }

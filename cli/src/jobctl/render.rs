@@ -1,0 +1,268 @@
+//! How jobs look: JSON objects, table rows, progress lines and RFC 3339 times.
+
+use jobd_protocol::{JobInfo, RowError};
+use serde_json::{json, Value};
+
+/// Formats unix milliseconds as RFC 3339 UTC with milliseconds: `2026-11-26T22:44:50.123Z`.
+pub fn rfc3339_ms(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let millis = unix_ms % 1000;
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Year, month, day of the given number of days since 1970-01-01 (proleptic
+/// Gregorian calendar; Howard Hinnant's `civil_from_days`, for non-negative days).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097; // [0, 146096]
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
+    let mp = (5 * doy + 2) / 153; // [0, 11], March first
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+/// The JSON object of a job.
+pub fn job_json(job: &JobInfo) -> Value {
+    json!({
+        "id": job.id,
+        "kind": job.kind.as_str(),
+        "state": job.state.as_str(),
+        "owner": job.owner,
+        "owner_uid": job.owner_uid,
+        "processed": job.processed,
+        "failed": job.failed,
+        "total": job.total,
+        "created_at": rfc3339_ms(job.created_at),
+        "updated_at": rfc3339_ms(job.updated_at),
+        "error": job.error,
+        "rate": job.rate,
+    })
+}
+
+/// One object when exactly one job was asked for, else an array.
+pub fn jobs_json(jobs: &[JobInfo], one: bool) -> Value {
+    match jobs {
+        [job] if one => job_json(job),
+        _ => Value::Array(jobs.iter().map(job_json).collect()),
+    }
+}
+
+pub fn row_errors_json(errors: &[RowError]) -> Value {
+    Value::Array(
+        errors
+            .iter()
+            .map(|e| json!({ "row": e.row, "message": e.message }))
+            .collect(),
+    )
+}
+
+/// Pretty JSON for whole answers.
+pub fn pretty(value: &Value) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+}
+
+fn total_str(total: Option<u64>) -> String {
+    total.map_or_else(|| "-".to_string(), |t| t.to_string())
+}
+
+/// `<id> <state> processed=N failed=N total=N|-`: one watch event, one waited job.
+pub fn progress_line(job: &JobInfo) -> String {
+    format!(
+        "{} {} processed={} failed={} total={}",
+        job.id,
+        job.state,
+        job.processed,
+        job.failed,
+        total_str(job.total)
+    )
+}
+
+/// `Job <id> stopped.` for the three known actions.
+pub fn control_line(job: &JobInfo, action: &str) -> String {
+    match action {
+        "stop" => format!("Job {} stopped.", job.id),
+        "start" => format!("Job {} started.", job.id),
+        "terminate" => format!("Job {} terminated.", job.id),
+        _ => format!("Job {}: {}.", job.id, job.state),
+    }
+}
+
+/// The status table: ID, KIND, STATE, PROCESSED, FAILED, TOTAL, ERROR (`-` for none).
+pub fn status_table(jobs: &[JobInfo]) -> String {
+    const HEADER: [&str; 7] = [
+        "ID",
+        "KIND",
+        "STATE",
+        "PROCESSED",
+        "FAILED",
+        "TOTAL",
+        "ERROR",
+    ];
+    let rows: Vec<[String; 7]> = jobs
+        .iter()
+        .map(|j| {
+            [
+                j.id.clone(),
+                j.kind.as_str().to_string(),
+                j.state.as_str().to_string(),
+                j.processed.to_string(),
+                j.failed.to_string(),
+                total_str(j.total),
+                j.error.as_deref().map_or_else(|| "-".to_string(), one_line),
+            ]
+        })
+        .collect();
+    let mut widths = HEADER.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header = HEADER.map(str::to_string);
+    for row in std::iter::once(&header).chain(&rows) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let pad = widths[i] - cell.chars().count();
+                // Numbers right-aligned, words left-aligned.
+                if (3..=5).contains(&i) {
+                    line.push_str(&" ".repeat(pad));
+                    line.push_str(cell);
+                } else {
+                    line.push_str(cell);
+                    line.push_str(&" ".repeat(pad));
+                }
+                line.push_str("  ");
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out.pop();
+    out
+}
+
+/// Keeps a message on one table line.
+fn one_line(s: &str) -> String {
+    s.split(['\n', '\r']).collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jobd_protocol::{JobKind, JobState};
+
+    fn job() -> JobInfo {
+        JobInfo {
+            id: "alice-baselineCSV-1575836394-8469".into(),
+            kind: JobKind::BaselineCsv,
+            state: JobState::Running,
+            owner: "alice".into(),
+            owner_uid: 1000,
+            processed: 12,
+            failed: 1,
+            total: None,
+            created_at: 1_575_836_394_007,
+            updated_at: 1_795_560_290_123,
+            error: None,
+            rate: Some(0.5),
+        }
+    }
+
+    #[test]
+    fn rfc3339() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(1_575_836_394_007), "2019-12-08T20:19:54.007Z");
+        assert_eq!(rfc3339_ms(1_795_560_290_123), "2026-11-24T22:44:50.123Z");
+        // Leap days and the end of a century-leap year.
+        assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(978_307_199_999), "2000-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339_ms(4_107_542_400_000), "2100-03-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn civil_from_days_walks_every_day() {
+        // Day by day from 1970 to 2400, the date advances by exactly one day.
+        let mut prev = civil_from_days(0);
+        assert_eq!(prev, (1970, 1, 1));
+        for d in 1..(430 * 366) {
+            let cur = civil_from_days(d);
+            let (y, m, day) = prev;
+            let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+            let len = match m {
+                2 if leap => 29,
+                2 => 28,
+                4 | 6 | 9 | 11 => 30,
+                _ => 31,
+            };
+            let expected = if day < len {
+                (y, m, day + 1)
+            } else if m < 12 {
+                (y, m + 1, 1)
+            } else {
+                (y + 1, 1, 1)
+            };
+            assert_eq!(cur, expected, "day {d}");
+            prev = cur;
+        }
+    }
+
+    #[test]
+    fn json_keys() {
+        let v = job_json(&job());
+        assert_eq!(v["kind"], "baselineCSV");
+        assert_eq!(v["state"], "running");
+        assert_eq!(v["total"], Value::Null);
+        assert_eq!(v["error"], Value::Null);
+        assert_eq!(v["rate"], 0.5);
+        assert_eq!(v["processed"], 12);
+        assert_eq!(v["created_at"], "2019-12-08T20:19:54.007Z");
+        assert!(jobs_json(&[job()], true).is_object());
+        assert!(jobs_json(&[job()], false).is_array());
+        assert!(jobs_json(&[], true).is_array());
+    }
+
+    #[test]
+    fn lines() {
+        let mut j = job();
+        assert_eq!(
+            progress_line(&j),
+            "alice-baselineCSV-1575836394-8469 running processed=12 failed=1 total=-"
+        );
+        j.total = Some(40);
+        assert!(progress_line(&j).ends_with(" total=40"));
+        assert_eq!(
+            control_line(&j, "stop"),
+            "Job alice-baselineCSV-1575836394-8469 stopped."
+        );
+    }
+
+    #[test]
+    fn table() {
+        let mut other = job();
+        other.id = "a".into();
+        other.error = Some("too many\nerrors".into());
+        let t = status_table(&[job(), other]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("ID "));
+        assert!(lines[0].ends_with("ERROR"));
+        assert!(lines[2].ends_with("too many errors"));
+        assert!(lines[1].ends_with(" -"));
+    }
+}

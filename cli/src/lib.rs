@@ -1,0 +1,3 @@
+//! Clients of the jobd daemon: `jobctl`, the command-line client (see [`jobctl`]).
+
+pub mod jobctl;
