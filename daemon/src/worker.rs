@@ -198,7 +198,7 @@ impl Worker {
         if conn.is_autocommit() {
             conn.execute_batch("BEGIN IMMEDIATE")?;
         }
-        run.sync()?;
+        run.sync(conn)?;
         store::jobs::save_progress(
             conn,
             self.seq,

@@ -115,7 +115,7 @@ impl Export {
             out: vec![String::new(); width],
         };
         if fresh {
-            export.sync()?;
+            export.sync(conn)?;
         }
         Ok(export)
     }
@@ -235,7 +235,7 @@ impl JobRun for Export {
         Some(self.range.days())
     }
 
-    fn sync(&mut self) -> Result<(), KindError> {
+    fn sync(&mut self, _conn: &Connection) -> Result<(), KindError> {
         let path = self.path.display().to_string();
         self.writer
             .flush()

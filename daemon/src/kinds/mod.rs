@@ -89,8 +89,9 @@ pub trait JobRun: Send {
     fn cursor(&self) -> String;
     /// Units in all, when known.
     fn total(&self) -> Option<u64>;
-    /// Makes effects outside the database durable before the batch commits.
-    fn sync(&mut self) -> Result<(), KindError> {
+    /// Called inside the transaction just before the batch commits: writes out
+    /// what the kind buffered and makes effects outside the database durable.
+    fn sync(&mut self, _conn: &Connection) -> Result<(), KindError> {
         Ok(())
     }
 }
