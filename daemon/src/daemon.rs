@@ -1,38 +1,67 @@
-//! Start-up and shutdown of the whole daemon: directories, store, registry, socket,
-//! then serve until a signal, let workers checkpoint, remove the socket.
+//! Start-up and shutdown of the whole daemon. Everything that can fail — config,
+//! directories, the store, the socket, the pid file — happens in `prepare`, before
+//! any fork and before the runtime exists, so the user sees the error and a non-zero
+//! exit. `run` then serves until a signal, lets workers checkpoint, and cleans up.
 
 use crate::config::Config;
 use crate::handler::Context;
 use crate::kinds::Paths;
+use crate::logging::LogHandle;
 use crate::registry::{Limits, Registry};
 use crate::server::{self, ServerConfig};
 use crate::store::Store;
+use crate::systemd;
 use anyhow::Context as _;
 use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Everything that can fail before serving: done first, so errors reach the user.
 pub struct Prepared {
     config: Config,
-    registry_input: (Store, Paths),
+    store: Store,
+    paths: Paths,
+    listener: UnixListener,
+    /// The socket came from systemd: it is systemd's to remove.
+    activated: bool,
 }
 
 pub fn prepare(config: Config) -> anyhow::Result<Prepared> {
-    let state = config.state_dir();
+    let state = &config.state_dir;
     let paths = Paths {
         spool_dir: state.join("spool"),
         export_dir: state.join("exports"),
     };
-    for dir in [&state, &paths.spool_dir, &paths.export_dir] {
+    for dir in [state, &paths.spool_dir, &paths.export_dir] {
         make_private_dir(dir)?;
     }
     let store = Store::open(&state.join("jobd.db"))
         .with_context(|| format!("cannot open the store in {}", state.display()))?;
+    let (listener, activated) = match systemd::activated_listener() {
+        Some(l) => (l, true),
+        None => {
+            let group = match &config.socket_group {
+                Some(name) => Some(
+                    nix::unistd::Group::from_name(name)
+                        .ok()
+                        .flatten()
+                        .with_context(|| format!("no such group: {name}"))?
+                        .gid,
+                ),
+                None => None,
+            };
+            let l = server::bind(&config.socket, group)
+                .with_context(|| format!("cannot listen on {}", config.socket.display()))?;
+            (l, false)
+        }
+    };
     Ok(Prepared {
         config,
-        registry_input: (store, paths),
+        store,
+        paths,
+        listener,
+        activated,
     })
 }
 
@@ -45,17 +74,20 @@ fn make_private_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Runs until SIGINT/SIGTERM; returns once every worker has checkpointed.
-pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
+pub async fn run(prepared: Prepared, log: LogHandle) -> anyhow::Result<()> {
     let Prepared {
         config,
-        registry_input: (store, paths),
+        store,
+        paths,
+        listener,
+        activated,
     } = prepared;
-    let socket = config.socket_path();
-    let listener =
-        server::bind(&socket).with_context(|| format!("cannot listen on {}", socket.display()))?;
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::UnixListener::from_std(listener)?;
     let shutdown = crate::shutdown::on_signals().context("cannot install signal handlers")?;
+    reload_on_sighup(config.clone(), log)?;
     let limits = Limits {
-        max_running: config.max_running(),
+        max_running: config.max_running,
         max_row_errors: config.max_row_errors,
     };
     let registry = tokio::task::spawn_blocking(move || Registry::load(store, paths, limits))
@@ -63,11 +95,17 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
         .context("loading the jobs panicked")?
         .context("cannot load the jobs")?;
     registry.start();
-    tracing::info!(socket = %socket.display(), state_dir = %config.state_dir().display(), "jobd ready");
+    tracing::info!(
+        socket = %config.socket.display(),
+        state_dir = %config.state_dir.display(),
+        activated,
+        "jobd ready"
+    );
+    systemd::notify("READY=1");
 
     let ctx = Arc::new(Context {
         registry: Arc::clone(&registry),
-        max_upload_bytes: config.max_upload_bytes,
+        max_upload_bytes: config.max_upload_bytes.unwrap_or(u64::MAX),
     });
     let cfg = Arc::new(ServerConfig {
         max_frame: config.max_frame,
@@ -75,9 +113,35 @@ pub async fn run(prepared: Prepared) -> anyhow::Result<()> {
     });
     server::run(listener, ctx, cfg, shutdown).await;
 
+    systemd::notify("STOPPING=1");
     // Stop accepting first (the listener is gone), then let workers checkpoint.
-    let _ = std::fs::remove_file(&socket);
+    if !activated {
+        let _ = std::fs::remove_file(&config.socket);
+    }
     registry.shutdown().await;
     tracing::info!("all workers checkpointed; bye");
+    Ok(())
+}
+
+/// SIGHUP re-reads the config file and applies its log level; other settings take
+/// effect at the next start.
+fn reload_on_sighup(config: Config, log: LogHandle) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let level = match crate::config::read_file(config.config_file.as_deref()) {
+                Ok((_, file)) => file.log_level.unwrap_or_else(|| config.log_level.clone()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "SIGHUP: config file not reloaded");
+                    continue;
+                }
+            };
+            match log.set_level(&level) {
+                Ok(()) => tracing::info!(level, "SIGHUP: log level reloaded"),
+                Err(e) => tracing::warn!(error = %e, "SIGHUP: invalid log level"),
+            }
+        }
+    });
     Ok(())
 }

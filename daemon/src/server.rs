@@ -9,8 +9,10 @@ use crate::shutdown::Shutdown;
 use crate::users;
 use jobd_protocol::frame::FrameError;
 use jobd_protocol::{ErrorCode, Request, Response, PROTOCOL_VERSION};
+use nix::unistd::{chown, Gid};
+use std::fs::Permissions;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,13 +28,20 @@ pub struct ServerConfig {
 
 /// Binds the socket at `path`. A socket nobody answers on is stale and replaced;
 /// one that answers belongs to a running daemon, and binding fails.
-pub fn bind(path: &Path) -> io::Result<UnixListener> {
+///
+/// A socket directory jobd creates is private to its owner (0700), or also open to
+/// `group` (0750) for a system service; the socket itself is 0600, or 0660 with a group.
+pub fn bind(path: &Path, group: Option<Gid>) -> io::Result<std::os::unix::net::UnixListener> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)?;
+            if let Some(gid) = group {
+                chown(dir, None, Some(gid)).map_err(io::Error::from)?;
+                std::fs::set_permissions(dir, Permissions::from_mode(0o750))?;
+            }
         }
     }
     match std::fs::symlink_metadata(path) {
@@ -63,7 +72,16 @@ pub fn bind(path: &Path) -> io::Result<UnixListener> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    UnixListener::bind(path)
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    let mode = match group {
+        Some(gid) => {
+            chown(path, None, Some(gid)).map_err(io::Error::from)?;
+            0o660
+        }
+        None => 0o600,
+    };
+    std::fs::set_permissions(path, Permissions::from_mode(mode))?;
+    Ok(listener)
 }
 
 /// Accepts connections until `shutdown` fires.

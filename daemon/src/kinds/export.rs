@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 /// The inclusive range, as stored in the job's `input`.
@@ -83,6 +84,7 @@ impl Export {
             .create(true)
             .write(true)
             .truncate(false)
+            .mode(0o600)
             .open(&path)
             .map_err(io("cannot open"))?;
         // Whatever was written after the last commit is not part of the export.
