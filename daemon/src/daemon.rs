@@ -28,6 +28,7 @@ pub struct Prepared {
 }
 
 pub fn prepare(config: Config) -> anyhow::Result<Prepared> {
+    raise_open_file_limit();
     let state = &config.state_dir;
     let paths = Paths {
         spool_dir: state.join("spool"),
@@ -63,6 +64,16 @@ pub fn prepare(config: Config) -> anyhow::Result<Prepared> {
         listener,
         activated,
     })
+}
+
+/// One descriptor per client connection and per running job: take the hard limit.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
 }
 
 fn make_private_dir(dir: &Path) -> anyhow::Result<()> {

@@ -11,6 +11,7 @@ use crate::store::{self, now_ms, JobRow, NewJob, Store, StoreError, StoredState}
 use crate::worker::{self, Control, Exit, Progress, Worker};
 use jobd_protocol::{Action, ErrorCode, JobInfo, JobKind, JobState};
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -150,6 +151,7 @@ impl Registry {
             shutting_down: false,
         };
         let mut live_spool = HashSet::new();
+        let mut live_exports = HashSet::new();
         for mut row in rows {
             let public = match row.state {
                 StoredState::Terminating => {
@@ -166,8 +168,17 @@ impl Registry {
                 }
                 StoredState::Public(s) => s,
             };
-            if !public.is_finished() && row.kind != JobKind::CreateExport {
-                live_spool.insert(row.input.clone());
+            match row.kind {
+                JobKind::CreateExport
+                    if public != JobState::Failed && public != JobState::Terminated =>
+                {
+                    live_exports.insert(format!("{}.csv", row.id));
+                }
+                JobKind::CreateExport => {}
+                _ if !public.is_finished() => {
+                    live_spool.insert(row.input.clone());
+                }
+                _ => {}
             }
             let entry = Entry {
                 seq: row.seq,
@@ -177,7 +188,9 @@ impl Registry {
             };
             state.jobs.insert(row.id.clone(), entry);
         }
-        remove_stray_spool_files(&paths, &live_spool);
+        // Files a crash left between a job's end and their removal.
+        remove_stray_files(&paths.spool_dir, &live_spool);
+        remove_stray_files(&paths.export_dir, &live_exports);
         Ok(Arc::new(Registry {
             state: Mutex::new(state),
             store,
@@ -650,15 +663,16 @@ fn allocate_id(st: &State, user: &str, kind: JobKind, secs: u64) -> String {
         .unwrap_or_else(|| format!("{user}-{kind}-{secs}-{}", u64::MAX))
 }
 
-/// Spool files that belong to no unfinished job are leftovers of uploads cut short.
-fn remove_stray_spool_files(paths: &Paths, live: &HashSet<String>) {
-    let Ok(dir) = std::fs::read_dir(&paths.spool_dir) else {
+/// Removes the files of `dir` that no job needs: spool files of uploads cut short or
+/// of ended jobs, export files of failed or terminated exports.
+fn remove_stray_files(dir: &Path, live: &HashSet<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
-    for entry in dir.flatten() {
+    for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if !live.contains(&name) {
-            tracing::info!(file = %name, "removing a stray spool file");
+            tracing::info!(file = %entry.path().display(), "removing a stray file");
             kinds::remove_files(&[entry.path()]);
         }
     }

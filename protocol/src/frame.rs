@@ -92,14 +92,13 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             max,
         });
     }
-    let mut body = vec![0u8; len as usize];
-    r.read_exact(&mut body).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            FrameError::Truncated
-        } else {
-            FrameError::Io(e)
-        }
-    })?;
+    // Grow with what actually arrives: a length prefix alone reserves little, so
+    // many slow connections cannot make the daemon hold their claimed sizes.
+    let mut body = Vec::with_capacity((len as usize).min(64 * 1024));
+    let got = r.take(u64::from(len)).read_to_end(&mut body).await?;
+    if got != len as usize {
+        return Err(FrameError::Truncated);
+    }
     Ok(Some(body))
 }
 
