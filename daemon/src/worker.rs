@@ -14,8 +14,8 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
 /// Units per transaction at most; a batch also commits once it is this old.
-const BATCH_UNITS: u64 = 10_000;
-const BATCH_AGE: Duration = Duration::from_millis(200);
+const BATCH_UNITS: u64 = 50_000;
+const BATCH_AGE: Duration = Duration::from_millis(500);
 
 /// What the registry asks of a running worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -148,17 +148,20 @@ impl JobRun for Baseline {
     fn sync(&mut self, conn: &Connection) -> Result<(), KindError> {
         self.pending.sort_unstable_by_key(|p| (p.date, p.id));
         let mut insert = conn.prepare_cached(
-            "INSERT INTO baseline_records (id, owner_uid, date, data) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO baseline_records (owner_uid, date, id, data) VALUES (?1, ?2, ?3, ?4)",
         )?;
+        let mut day = conn.prepare_cached(
+            "INSERT OR IGNORE INTO baseline_days (job_seq, date) VALUES (?1, ?2)",
+        )?;
+        let mut last_date = None;
         for p in &self.pending {
             // Dates were validated as ASCII when the row was read.
             let date = std::str::from_utf8(&p.date).unwrap_or_default();
-            insert.execute(params![
-                p.id,
-                self.owner_uid,
-                date,
-                &self.arena[p.data.clone()]
-            ])?;
+            if last_date != Some(p.date) {
+                day.execute(params![self.seq, date])?;
+                last_date = Some(p.date);
+            }
+            insert.execute(params![self.owner_uid, date, p.id, &self.arena[p.data.clone()]])?;
         }
         self.pending.clear();
         self.arena.clear();
@@ -173,9 +176,13 @@ pub fn record_id(seq: i64, row: u64) -> i64 {
 
 pub fn rollback(conn: &Connection, seq: i64) -> Result<(), StoreError> {
     conn.execute(
-        "DELETE FROM baseline_records WHERE id BETWEEN ?1 AND ?2",
-        params![record_id(seq, 0), record_id(seq, 0xffff_ffff)],
+        "DELETE FROM baseline_records
+         WHERE owner_uid = (SELECT owner_uid FROM jobs WHERE seq = ?1)
+           AND date IN (SELECT date FROM baseline_days WHERE job_seq = ?1)
+           AND id BETWEEN ?2 AND ?3",
+        params![seq, record_id(seq, 0), record_id(seq, 0xffff_ffff)],
     )?;
+    conn.execute("DELETE FROM baseline_days WHERE job_seq = ?1", [seq])?;
     conn.execute("DELETE FROM baseline_columns WHERE job_seq = ?1", [seq])?;
     Ok(())
 }

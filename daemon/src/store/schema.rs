@@ -22,15 +22,23 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_seq INTEGER
 );
 
--- id = (job seq << 32) | data row: rows of one job are one rowid range, so a
--- terminate is a range delete and a row applied twice is a constraint violation.
+-- Clustered by what exports read: one user's records of one date, in job and row
+-- order. id = (job seq << 32) | data row, so a row applied twice is a constraint
+-- violation. `baseline_days` lists the dates each job touched, so that a terminate
+-- deletes its records by key ranges instead of scanning.
 CREATE TABLE IF NOT EXISTS baseline_records (
-    id        INTEGER PRIMARY KEY,
     owner_uid INTEGER NOT NULL,
     date      TEXT    NOT NULL,
-    data      TEXT    NOT NULL
-);
-CREATE INDEX IF NOT EXISTS baseline_by_date ON baseline_records(owner_uid, date);
+    id        INTEGER NOT NULL,
+    data      TEXT    NOT NULL,
+    PRIMARY KEY (owner_uid, date, id)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS baseline_days (
+    job_seq INTEGER NOT NULL,
+    date    TEXT    NOT NULL,
+    PRIMARY KEY (job_seq, date)
+) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS baseline_columns (
     job_seq INTEGER PRIMARY KEY,
