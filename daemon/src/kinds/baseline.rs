@@ -1,5 +1,10 @@
 //! `baselineCSV`: each data row of an uploaded CSV becomes a baseline record of the
 //! submitting user. The header must name a `date` column.
+//!
+//! Parsing, validation and encoding run ahead on a reader thread, in chunks of rows,
+//! while the worker thread applies them to the store: ingest uses both cores. The
+//! reader only ever works ahead of the cursor; what it read but the worker did not
+//! apply is simply read again after a pause or crash.
 
 use super::csv_input::CsvInput;
 use super::{field_count_error, spool_path, utf8_fields, JobContext, JobRun, KindError, Unit};
@@ -7,6 +12,14 @@ use crate::dates;
 use crate::store::StoreError;
 use rusqlite::{params, Connection};
 use serde::{Deserialize, Serialize};
+use std::ops::Range;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::thread::JoinHandle;
+
+/// Rows per chunk handed from the reader thread to the worker.
+const CHUNK_ROWS: usize = 2048;
+/// Chunks the reader may be ahead.
+const CHUNKS_AHEAD: usize = 4;
 
 #[derive(Serialize, Deserialize)]
 struct Cursor {
@@ -16,15 +29,46 @@ struct Cursor {
     date_col: usize,
 }
 
+#[derive(Clone, Copy)]
+struct Layout {
+    width: usize,
+    date_col: usize,
+}
+
+/// A data row as the reader thread prepared it.
+enum Parsed {
+    Record {
+        date: [u8; 10],
+        /// The row's non-date fields as a JSON array, in the chunk's arena.
+        data: Range<usize>,
+        /// Offset of the next row in the file.
+        end: u64,
+    },
+    Rejected {
+        message: String,
+        end: u64,
+    },
+}
+
+struct Chunk {
+    rows: Vec<Parsed>,
+    arena: String,
+}
+
 pub struct Baseline {
-    input: CsvInput,
     seq: i64,
     owner_uid: u32,
-    /// `None` until the header has been read (fresh job).
-    layout: Option<(usize, usize)>,
+    layout: Layout,
+    /// The header's columns, to be recorded by the first step of a fresh job.
+    new_columns: Option<String>,
+    offset: u64,
     row: u64,
+    chunks: Option<Receiver<Result<Chunk, KindError>>>,
+    reader: Option<JoinHandle<()>>,
+    chunk: Chunk,
+    next_in_chunk: usize,
     /// Rows applied since the last commit, written out sorted by date in `sync`:
-    /// the date index then takes its inserts in order instead of at random.
+    /// the store's (owner, date, id) order then takes them in sequence.
     pending: Vec<Pending>,
     /// The pending rows' data, back to back.
     arena: String,
@@ -33,7 +77,7 @@ pub struct Baseline {
 struct Pending {
     date: [u8; 10],
     id: i64,
-    data: std::ops::Range<usize>,
+    data: Range<usize>,
 }
 
 impl Baseline {
@@ -45,98 +89,202 @@ impl Baseline {
             ),
             None => None,
         };
-        let offset = cursor.as_ref().map_or(0, |c| c.offset);
+        let (mut input, layout, new_columns, row) = match cursor {
+            Some(c) => (
+                CsvInput::open(&spool_path(ctx), c.offset)?,
+                Layout {
+                    width: c.width,
+                    date_col: c.date_col,
+                },
+                None,
+                c.row,
+            ),
+            None => {
+                let mut input = CsvInput::open(&spool_path(ctx), 0)?;
+                let (layout, columns) = read_header(&mut input)?;
+                (input, layout, Some(columns), 0)
+            }
+        };
+        let offset = input.offset();
+        let (tx, rx) = sync_channel(CHUNKS_AHEAD);
+        let reader = std::thread::Builder::new()
+            .name(format!("jobd-read-{}", ctx.seq))
+            .spawn(move || read_ahead(&mut input, layout, &tx))
+            .map_err(|e| KindError::io("cannot start the reader thread", e))?;
         Ok(Baseline {
-            input: CsvInput::open(&spool_path(ctx), offset)?,
             seq: ctx.seq,
             owner_uid: ctx.owner_uid,
-            layout: cursor.as_ref().map(|c| (c.width, c.date_col)),
-            row: cursor.map_or(0, |c| c.row),
+            layout,
+            new_columns,
+            offset,
+            row,
+            chunks: Some(rx),
+            reader: Some(reader),
+            chunk: Chunk {
+                rows: Vec::new(),
+                arena: String::new(),
+            },
+            next_in_chunk: 0,
             pending: Vec::new(),
             arena: String::new(),
         })
     }
 
-    fn read_header(&mut self, conn: &Connection) -> Result<(usize, usize), KindError> {
-        let header = self.input.header()?;
-        let date_col = header
-            .iter()
-            .position(|h| h.eq_ignore_ascii_case("date"))
-            .ok_or_else(|| {
-                KindError::Fatal(format!(
-                    "the header has no `date` column (found: {})",
-                    header.join(",")
-                ))
-            })?;
-        let columns: Vec<&str> = header
+    /// The next prepared row, or `None` at the end of the file.
+    fn next_parsed(&mut self) -> Result<Option<usize>, KindError> {
+        if self.next_in_chunk == self.chunk.rows.len() {
+            let Some(rx) = &self.chunks else {
+                return Ok(None);
+            };
+            match rx.recv() {
+                Ok(chunk) => self.chunk = chunk?,
+                Err(_) => {
+                    self.chunks = None;
+                    return Ok(None);
+                }
+            }
+            self.next_in_chunk = 0;
+            if self.chunk.rows.is_empty() {
+                return Ok(None);
+            }
+        }
+        self.next_in_chunk += 1;
+        Ok(Some(self.next_in_chunk - 1))
+    }
+}
+
+/// Reads the header: the `date` column's position and the other columns as JSON.
+fn read_header(input: &mut CsvInput) -> Result<(Layout, String), KindError> {
+    let header = input.header()?;
+    let date_col = header
+        .iter()
+        .position(|h| h.eq_ignore_ascii_case("date"))
+        .ok_or_else(|| {
+            KindError::Fatal(format!(
+                "the header has no `date` column (found: {})",
+                header.join(",")
+            ))
+        })?;
+    let columns: Vec<&str> = header
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != date_col)
+        .map(|(_, h)| h.as_str())
+        .collect();
+    let columns = serde_json::to_string(&columns)
+        .map_err(|e| KindError::Fatal(format!("cannot encode the header: {e}")))?;
+    Ok((
+        Layout {
+            width: header.len(),
+            date_col,
+        },
+        columns,
+    ))
+}
+
+/// The reader thread: parses, validates and encodes rows until the file ends, an
+/// error occurs, or the worker hangs up (pause, terminate, shutdown).
+fn read_ahead(input: &mut CsvInput, layout: Layout, tx: &SyncSender<Result<Chunk, KindError>>) {
+    loop {
+        let mut chunk = Chunk {
+            rows: Vec::with_capacity(CHUNK_ROWS),
+            arena: String::new(),
+        };
+        let mut eof = false;
+        while chunk.rows.len() < CHUNK_ROWS {
+            let rec = match input.next() {
+                Ok(Some(rec)) => rec,
+                Ok(None) => {
+                    eof = true;
+                    break;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            let parsed = parse_row(rec, layout, &mut chunk.arena);
+            let end = input.offset();
+            chunk.rows.push(match parsed {
+                Ok((date, data)) => Parsed::Record { date, data, end },
+                Err(message) => Parsed::Rejected { message, end },
+            });
+        }
+        let last = eof || chunk.rows.is_empty();
+        if tx.send(Ok(chunk)).is_err() || last {
+            return;
+        }
+    }
+}
+
+/// Checks one row and appends its data to `arena`; the error is the row error message.
+fn parse_row(
+    rec: &csv::ByteRecord,
+    layout: Layout,
+    arena: &mut String,
+) -> Result<([u8; 10], Range<usize>), String> {
+    if rec.len() != layout.width {
+        return Err(field_count_error(layout.width, rec.len()));
+    }
+    let fields = utf8_fields(rec)?;
+    let date = fields[layout.date_col];
+    if dates::parse(date).is_none() {
+        return Err(format!("date {date:?} is not a valid YYYY-MM-DD date"));
+    }
+    let mut day = [0u8; 10];
+    day.copy_from_slice(date.as_bytes());
+    let start = arena.len();
+    encode_json_array(
+        arena,
+        fields
             .iter()
             .enumerate()
-            .filter(|&(i, _)| i != date_col)
-            .map(|(_, h)| h.as_str())
-            .collect();
-        let columns = serde_json::to_string(&columns)
-            .map_err(|e| KindError::Fatal(format!("cannot encode the header: {e}")))?;
-        conn.execute(
-            "INSERT INTO baseline_columns (job_seq, columns) VALUES (?1, ?2)",
-            params![self.seq, columns],
-        )?;
-        Ok((header.len(), date_col))
-    }
+            .filter(|&(i, _)| i != layout.date_col)
+            .map(|(_, f)| *f),
+    );
+    Ok((day, start..arena.len()))
 }
 
 impl JobRun for Baseline {
     fn step(&mut self, conn: &Connection) -> Result<Option<Unit>, KindError> {
-        let (width, date_col) = match self.layout {
-            Some(l) => l,
-            None => {
-                let l = self.read_header(conn)?;
-                self.layout = Some(l);
-                l
-            }
-        };
-        let Some(rec) = self.input.next()? else {
+        if let Some(columns) = self.new_columns.take() {
+            conn.execute(
+                "INSERT INTO baseline_columns (job_seq, columns) VALUES (?1, ?2)",
+                params![self.seq, columns],
+            )?;
+        }
+        let Some(i) = self.next_parsed()? else {
             return Ok(None);
         };
         self.row += 1;
-        let row = self.row;
-        let reject = |message: String| Ok(Some(Unit::Rejected { row, message }));
-        if rec.len() != width {
-            return reject(field_count_error(width, rec.len()));
+        match &self.chunk.rows[i] {
+            Parsed::Record { date, data, end } => {
+                let start = self.arena.len();
+                self.arena.push_str(&self.chunk.arena[data.clone()]);
+                self.pending.push(Pending {
+                    date: *date,
+                    id: record_id(self.seq, self.row),
+                    data: start..self.arena.len(),
+                });
+                self.offset = *end;
+                Ok(Some(Unit::Applied))
+            }
+            Parsed::Rejected { message, end } => {
+                self.offset = *end;
+                Ok(Some(Unit::Rejected {
+                    row: self.row,
+                    message: message.clone(),
+                }))
+            }
         }
-        let fields = match utf8_fields(rec) {
-            Ok(f) => f,
-            Err(message) => return reject(message),
-        };
-        let date = fields[date_col];
-        if dates::parse(date).is_none() {
-            return reject(format!("date {date:?} is not a valid YYYY-MM-DD date"));
-        }
-        let start = self.arena.len();
-        encode_json_array(
-            &mut self.arena,
-            fields
-                .iter()
-                .enumerate()
-                .filter(|&(i, _)| i != date_col)
-                .map(|(_, f)| *f),
-        );
-        let mut day = [0u8; 10];
-        day.copy_from_slice(date.as_bytes());
-        self.pending.push(Pending {
-            date: day,
-            id: record_id(self.seq, row),
-            data: start..self.arena.len(),
-        });
-        Ok(Some(Unit::Applied))
     }
 
     fn cursor(&self) -> String {
-        let (width, date_col) = self.layout.unwrap_or((0, 0));
         serde_json::json!({
-            "offset": self.input.offset(),
+            "offset": self.offset,
             "row": self.row,
-            "width": width,
-            "date_col": date_col,
+            "width": self.layout.width,
+            "date_col": self.layout.date_col,
         })
         .to_string()
     }
@@ -161,7 +309,12 @@ impl JobRun for Baseline {
                 day.execute(params![self.seq, date])?;
                 last_date = Some(p.date);
             }
-            insert.execute(params![self.owner_uid, date, p.id, &self.arena[p.data.clone()]])?;
+            insert.execute(params![
+                self.owner_uid,
+                date,
+                p.id,
+                &self.arena[p.data.clone()]
+            ])?;
         }
         self.pending.clear();
         self.arena.clear();
@@ -169,7 +322,18 @@ impl JobRun for Baseline {
     }
 }
 
-/// A record's primary key: its job's rows form one contiguous range.
+impl Drop for Baseline {
+    /// Hangs up on the reader thread and waits for it, so that a paused job holds
+    /// no thread and no open file once the worker has returned.
+    fn drop(&mut self) {
+        self.chunks = None;
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}
+
+/// A record's key within its job: its job's rows form one contiguous range.
 pub fn record_id(seq: i64, row: u64) -> i64 {
     (seq << 32) | (row as i64 & 0xffff_ffff)
 }
