@@ -8,11 +8,10 @@
 use crate::kinds::{self, Paths};
 use crate::scheduler::Scheduler;
 use crate::store::{self, now_ms, JobRow, NewJob, Store, StoreError, StoredState};
-use crate::worker::{self, Control, Exit, Progress, Worker};
+use crate::worker::{self, Control, ControlLine, Exit, Progress, Worker};
 use jobd_protocol::{Action, ErrorCode, JobInfo, JobKind, JobState};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -89,7 +88,7 @@ struct Entry {
     seq: i64,
     info: JobInfo,
     /// Present while a worker runs the job.
-    worker: Option<mpsc::Sender<Control>>,
+    worker: Option<ControlLine>,
     /// Present while someone watches the job; created on demand.
     watch: Option<watch::Sender<JobInfo>>,
 }
@@ -289,8 +288,8 @@ impl Registry {
                 st.scheduler.release();
                 continue;
             };
-            let (tx, rx) = mpsc::channel();
-            entry.worker = Some(tx);
+            let (line, rx, interrupt) = ControlLine::new();
+            entry.worker = Some(line);
             entry.set_state(JobState::Running);
             let reporter = Arc::downgrade(self);
             let report_id = id.clone();
@@ -299,6 +298,7 @@ impl Registry {
                 seq: entry.seq,
                 paths: self.paths.clone(),
                 controls: rx,
+                interrupt,
                 max_row_errors: self.max_row_errors,
                 report: Box::new(move |p: Progress| {
                     if let Some(reg) = reporter.upgrade() {
@@ -531,7 +531,7 @@ impl Registry {
             if let Some(w) = &e.worker {
                 // A worker that already ended has dropped its receiver; the state
                 // change it made is what we wait for below.
-                let _ = w.send(control);
+                w.send(control);
             }
             rx
         };
@@ -604,7 +604,7 @@ impl Registry {
                 }
                 for e in st.jobs.values() {
                     if let Some(w) = &e.worker {
-                        let _ = w.send(Control::Shutdown);
+                        w.send(Control::Shutdown);
                     }
                 }
             }

@@ -10,12 +10,44 @@ use crate::kinds::{self, JobContext, JobRun, KindError, Paths, Unit};
 use crate::store::{self, JobRow, Store, StoredState};
 use jobd_protocol::JobState;
 use rusqlite::Connection;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Units per transaction at most; a batch also commits once it is this old.
 const BATCH_UNITS: u64 = 50_000;
 const BATCH_AGE: Duration = Duration::from_millis(500);
+
+/// A running worker's control line: the flag tells long operations inside a batch
+/// (a kind's `sync`) that a control is waiting, so they give up at once; the
+/// channel carries the control itself.
+#[derive(Clone)]
+pub struct ControlLine {
+    pub tx: Sender<Control>,
+    pub interrupt: Arc<AtomicBool>,
+}
+
+impl ControlLine {
+    pub fn new() -> (ControlLine, Receiver<Control>, Arc<AtomicBool>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let interrupt = Arc::new(AtomicBool::new(false));
+        (
+            ControlLine {
+                tx,
+                interrupt: Arc::clone(&interrupt),
+            },
+            rx,
+            interrupt,
+        )
+    }
+
+    /// Raises the flag, then sends; a worker that already ended ignores both.
+    pub fn send(&self, control: Control) {
+        self.interrupt.store(true, Ordering::SeqCst);
+        let _ = self.tx.send(control);
+    }
+}
 
 /// What the registry asks of a running worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +83,7 @@ pub struct Worker {
     pub seq: i64,
     pub paths: Paths,
     pub controls: Receiver<Control>,
+    pub interrupt: Arc<AtomicBool>,
     pub report: Box<dyn Fn(Progress) + Send>,
     pub max_row_errors: u64,
 }
@@ -92,10 +125,10 @@ impl Worker {
         };
         let pace = job.rate.map(|rate| (Instant::now(), rate));
         let mut paced_units = 0u64;
-
         let mut batch_started = Instant::now();
         let mut units = 0u64;
-        let stop = loop {
+
+        let end = loop {
             match self.controls.try_recv() {
                 Ok(c) => break Stop::Control(c),
                 Err(TryRecvError::Disconnected) => break Stop::Control(Control::Shutdown),
@@ -107,7 +140,9 @@ impl Worker {
                 if due > now {
                     // Never wait inside a transaction: commit what is done first.
                     if !conn.is_autocommit() {
-                        self.commit(conn, &mut *run, progress, None)?;
+                        if let Some(c) = self.commit(conn, &mut *run, progress, None)? {
+                            break Stop::Control(c);
+                        }
                     }
                     match self.controls.recv_timeout(due - now) {
                         Ok(c) => break Stop::Control(c),
@@ -141,64 +176,80 @@ impl Worker {
             units += 1;
             paced_units += 1;
             if units >= BATCH_UNITS || batch_started.elapsed() >= BATCH_AGE {
-                self.commit(conn, &mut *run, progress, None)?;
+                if let Some(c) = self.commit(conn, &mut *run, progress, None)? {
+                    break Stop::Control(c);
+                }
             }
         };
 
-        Ok(match stop {
+        let control = match end {
+            Stop::Control(c) => c,
             Stop::Done => {
                 progress.total = Some(
                     progress
                         .total
                         .unwrap_or(progress.processed + progress.failed),
                 );
-                self.commit(conn, &mut *run, progress, Some((JobState::Completed, None)))?;
-                drop(run);
-                kinds::remove_files(&kinds::files_to_remove(job.kind, &ctx, true));
-                Exit::Completed
-            }
-            Stop::Control(Control::Pause) => {
-                self.commit(conn, &mut *run, progress, Some((JobState::Paused, None)))?;
-                Exit::Paused
+                let done = Some((JobState::Completed, None));
+                match self.commit(conn, &mut *run, progress, done)? {
+                    Some(c) => c,
+                    None => {
+                        drop(run);
+                        kinds::remove_files(&kinds::files_to_remove(job.kind, &ctx, true));
+                        return Ok(Exit::Completed);
+                    }
+                }
             }
             Stop::TooManyErrors(message) => {
-                self.commit(
-                    conn,
-                    &mut *run,
-                    progress,
-                    Some((JobState::Failed, Some(&message))),
-                )?;
-                drop(run);
-                kinds::remove_files(&kinds::files_to_remove(job.kind, &ctx, false));
-                Exit::Failed(message)
-            }
-            Stop::Control(Control::Shutdown) => {
-                self.commit(conn, &mut *run, progress, None)?;
-                Exit::Shutdown
-            }
-            Stop::Control(Control::Terminate) => {
-                if !conn.is_autocommit() {
-                    conn.execute_batch("ROLLBACK")?;
+                let failed = Some((JobState::Failed, Some(message.as_str())));
+                match self.commit(conn, &mut *run, progress, failed)? {
+                    Some(c) => c,
+                    None => {
+                        drop(run);
+                        kinds::remove_files(&kinds::files_to_remove(job.kind, &ctx, false));
+                        return Ok(Exit::Failed(message));
+                    }
                 }
-                drop(run);
+            }
+        };
+        // A control takes effect at the last commit: the open batch is rolled back
+        // (its units are done again on resume), so a stop costs no batch commit.
+        if !conn.is_autocommit() {
+            conn.execute_batch("ROLLBACK")?;
+        }
+        drop(run);
+        Ok(match control {
+            Control::Pause => {
+                store::jobs::set_state(conn, job.seq, StoredState::Public(JobState::Paused), None)?;
+                Exit::Paused
+            }
+            Control::Shutdown => Exit::Shutdown,
+            Control::Terminate => {
                 terminate(conn, job, &self.paths)?;
                 Exit::Terminated
             }
         })
     }
 
-    /// Commits the open batch with the cursor after it, optionally ending in `state`.
+    /// Commits the open batch with the cursor after it, optionally ending in a state.
+    /// Returns the control that interrupted it instead, with the batch still open.
     fn commit(
         &self,
         conn: &Connection,
         run: &mut dyn JobRun,
         progress: Progress,
         end: Option<(JobState, Option<&str>)>,
-    ) -> Result<(), KindError> {
+    ) -> Result<Option<Control>, KindError> {
         if conn.is_autocommit() {
             conn.execute_batch("BEGIN IMMEDIATE")?;
         }
-        run.sync(conn)?;
+        match run.sync(conn, &self.interrupt) {
+            // The flag is raised before the control is sent: it is on its way.
+            Err(KindError::Interrupted) => {
+                return Ok(Some(self.controls.recv().unwrap_or(Control::Shutdown)))
+            }
+            other => other?,
+        }
         store::jobs::save_progress(
             conn,
             self.seq,
@@ -212,7 +263,7 @@ impl Worker {
         }
         conn.execute_batch("COMMIT")?;
         (self.report)(progress);
-        Ok(())
+        Ok(None)
     }
 
     /// Ends the job as failed: the open batch is dropped, the error recorded.

@@ -13,6 +13,7 @@ use crate::store::StoreError;
 use rusqlite::{params, Connection};
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
@@ -293,7 +294,7 @@ impl JobRun for Baseline {
         None
     }
 
-    fn sync(&mut self, conn: &Connection) -> Result<(), KindError> {
+    fn sync(&mut self, conn: &Connection, interrupt: &AtomicBool) -> Result<(), KindError> {
         self.pending.sort_unstable_by_key(|p| (p.date, p.id));
         let mut insert = conn.prepare_cached(
             "INSERT INTO baseline_records (owner_uid, date, id, data) VALUES (?1, ?2, ?3, ?4)",
@@ -302,7 +303,10 @@ impl JobRun for Baseline {
             "INSERT OR IGNORE INTO baseline_days (job_seq, date) VALUES (?1, ?2)",
         )?;
         let mut last_date = None;
-        for p in &self.pending {
+        for (i, p) in self.pending.iter().enumerate() {
+            if i % 1024 == 1023 && interrupt.load(Ordering::Relaxed) {
+                return Err(KindError::Interrupted);
+            }
             // Dates were validated as ASCII when the row was read.
             let date = std::str::from_utf8(&p.date).unwrap_or_default();
             if last_date != Some(p.date) {

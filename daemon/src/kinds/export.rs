@@ -16,6 +16,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 
 /// The inclusive range, as stored in the job's `input`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -117,7 +118,7 @@ impl Export {
             out: vec![String::new(); width],
         };
         if fresh {
-            export.sync(conn)?;
+            export.sync(conn, &AtomicBool::new(false))?;
         }
         Ok(export)
     }
@@ -237,7 +238,7 @@ impl JobRun for Export {
         Some(self.range.days())
     }
 
-    fn sync(&mut self, _conn: &Connection) -> Result<(), KindError> {
+    fn sync(&mut self, _conn: &Connection, _interrupt: &AtomicBool) -> Result<(), KindError> {
         let path = self.path.display().to_string();
         self.writer
             .flush()

@@ -14,6 +14,7 @@ use crate::store::StoreError;
 use jobd_protocol::JobKind;
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use thiserror::Error;
 
 /// Where a job's files live.
@@ -63,6 +64,9 @@ pub enum KindError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A control is waiting; the batch is abandoned, not failed.
+    #[error("interrupted by a control")]
+    Interrupted,
 }
 
 impl From<rusqlite::Error> for KindError {
@@ -91,7 +95,8 @@ pub trait JobRun: Send {
     fn total(&self) -> Option<u64>;
     /// Called inside the transaction just before the batch commits: writes out
     /// what the kind buffered and makes effects outside the database durable.
-    fn sync(&mut self, _conn: &Connection) -> Result<(), KindError> {
+    /// A long `sync` checks `interrupt` and gives up with `KindError::Interrupted`.
+    fn sync(&mut self, _conn: &Connection, _interrupt: &AtomicBool) -> Result<(), KindError> {
         Ok(())
     }
 }
