@@ -155,7 +155,7 @@ impl Registry {
             let public = match row.state {
                 StoredState::Terminating => {
                     tracing::info!(job = %row.id, "finishing an interrupted terminate");
-                    worker::terminate(&conn, &row, &paths).map_err(|e| {
+                    worker::terminate(&store, &conn, &row, &paths).map_err(|e| {
                         StoreError::Corrupt(format!("cannot terminate {}: {e}", row.id))
                     })?;
                     row = store::jobs::load(&conn, row.seq)?;
@@ -237,6 +237,7 @@ impl Registry {
         let (id2, input, kind, rate) = (id.clone(), sub.input, sub.kind, sub.rate);
         let inserted = blocking(move || {
             let conn = store.conn().map_err(Refusal::storage)?;
+            let _w = store.lock_writes();
             let seq = store::jobs::insert(
                 &conn,
                 &NewJob {
@@ -365,6 +366,7 @@ impl Registry {
             let conn = store.conn().map_err(Refusal::storage)?;
             let row = store::jobs::load(&conn, seq).map_err(Refusal::storage)?;
             if row.state != StoredState::Public(JobState::Failed) {
+                let _w = store.lock_writes();
                 store::jobs::set_state(
                     &conn,
                     seq,
@@ -508,7 +510,7 @@ impl Registry {
                 let undone = blocking(move || {
                     let conn = store.conn().map_err(Refusal::storage)?;
                     let row = store::jobs::load(&conn, seq).map_err(Refusal::storage)?;
-                    worker::terminate(&conn, &row, &paths).map_err(Refusal::storage)
+                    worker::terminate(&store, &conn, &row, &paths).map_err(Refusal::storage)
                 })
                 .await;
                 undone.and_then(|()| self.set_state(id, JobState::Terminated))
@@ -569,6 +571,7 @@ impl Registry {
         let store = self.store.clone();
         blocking(move || {
             let conn = store.conn().map_err(Refusal::storage)?;
+            let _w = store.lock_writes();
             store::jobs::set_state(&conn, seq, StoredState::Public(state), None)
                 .map_err(Refusal::storage)
         })

@@ -7,7 +7,7 @@
 //! again creates a new one that resumes from the committed cursor.
 
 use crate::kinds::{self, JobContext, JobRun, KindError, Paths, Unit};
-use crate::store::{self, JobRow, Store, StoredState};
+use crate::store::{self, JobRow, Store, StoredState, WriteLock};
 use jobd_protocol::JobState;
 use rusqlite::Connection;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 /// Units per transaction at most; a batch also commits once it is this old.
 const BATCH_UNITS: u64 = 50_000;
-const BATCH_AGE: Duration = Duration::from_millis(500);
+const BATCH_AGE: Duration = Duration::from_millis(250);
 
 /// A running worker's control line: the flag tells long operations inside a batch
 /// (a kind's `sync`) that a control is waiting, so they give up at once; the
@@ -106,14 +106,23 @@ impl Worker {
             Ok(j) => j,
             Err(e) => return Exit::Failed(format!("cannot load the job: {e}")),
         };
-        match self.run_job(&conn, &job) {
+        let mut held = None;
+        match self.run_job(&conn, &job, &mut held) {
             Ok(exit) => exit,
-            Err(e) => self.fail(&conn, &job, e),
+            Err(e) => self.fail(&conn, &job, e, held),
         }
     }
 
-    fn run_job(&self, conn: &Connection, job: &JobRow) -> Result<Exit, KindError> {
+    /// `held` is the write lock while a batch is open; on an error it is still held,
+    /// so that `fail` rolls back before another writer can be let in.
+    fn run_job(
+        &self,
+        conn: &Connection,
+        job: &JobRow,
+        held: &mut Option<WriteLock>,
+    ) -> Result<Exit, KindError> {
         if job.state != StoredState::Public(JobState::Running) {
+            let _w = self.store.lock_writes();
             store::jobs::set_state(conn, job.seq, StoredState::Public(JobState::Running), None)?;
         }
         let ctx = context(job, &self.paths);
@@ -140,7 +149,7 @@ impl Worker {
                 if due > now {
                     // Never wait inside a transaction: commit what is done first.
                     if !conn.is_autocommit() {
-                        if let Some(c) = self.commit(conn, &mut *run, progress, None)? {
+                        if let Some(c) = self.commit(conn, held, &mut *run, progress, None)? {
                             break Stop::Control(c);
                         }
                     }
@@ -154,6 +163,7 @@ impl Worker {
                 }
             }
             if conn.is_autocommit() {
+                *held = Some(self.store.lock_writes());
                 conn.execute_batch("BEGIN IMMEDIATE")?;
                 batch_started = Instant::now();
                 units = 0;
@@ -176,7 +186,7 @@ impl Worker {
             units += 1;
             paced_units += 1;
             if units >= BATCH_UNITS || batch_started.elapsed() >= BATCH_AGE {
-                if let Some(c) = self.commit(conn, &mut *run, progress, None)? {
+                if let Some(c) = self.commit(conn, held, &mut *run, progress, None)? {
                     break Stop::Control(c);
                 }
             }
@@ -191,7 +201,7 @@ impl Worker {
                         .unwrap_or(progress.processed + progress.failed),
                 );
                 let done = Some((JobState::Completed, None));
-                match self.commit(conn, &mut *run, progress, done)? {
+                match self.commit(conn, held, &mut *run, progress, done)? {
                     Some(c) => c,
                     None => {
                         drop(run);
@@ -202,7 +212,7 @@ impl Worker {
             }
             Stop::TooManyErrors(message) => {
                 let failed = Some((JobState::Failed, Some(message.as_str())));
-                match self.commit(conn, &mut *run, progress, failed)? {
+                match self.commit(conn, held, &mut *run, progress, failed)? {
                     Some(c) => c,
                     None => {
                         drop(run);
@@ -217,15 +227,17 @@ impl Worker {
         if !conn.is_autocommit() {
             conn.execute_batch("ROLLBACK")?;
         }
+        *held = None;
         drop(run);
         Ok(match control {
             Control::Pause => {
+                let _w = self.store.lock_writes();
                 store::jobs::set_state(conn, job.seq, StoredState::Public(JobState::Paused), None)?;
                 Exit::Paused
             }
             Control::Shutdown => Exit::Shutdown,
             Control::Terminate => {
-                terminate(conn, job, &self.paths)?;
+                terminate(&self.store, conn, job, &self.paths)?;
                 Exit::Terminated
             }
         })
@@ -236,11 +248,13 @@ impl Worker {
     fn commit(
         &self,
         conn: &Connection,
+        held: &mut Option<WriteLock>,
         run: &mut dyn JobRun,
         progress: Progress,
         end: Option<(JobState, Option<&str>)>,
     ) -> Result<Option<Control>, KindError> {
         if conn.is_autocommit() {
+            *held = Some(self.store.lock_writes());
             conn.execute_batch("BEGIN IMMEDIATE")?;
         }
         match run.sync(conn, &self.interrupt) {
@@ -262,13 +276,15 @@ impl Worker {
             store::jobs::set_state(conn, self.seq, StoredState::Public(state), error)?;
         }
         conn.execute_batch("COMMIT")?;
+        *held = None;
         (self.report)(progress);
         Ok(None)
     }
 
     /// Ends the job as failed: the open batch is dropped, the error recorded.
-    fn fail(&self, conn: &Connection, job: &JobRow, e: KindError) -> Exit {
+    fn fail(&self, conn: &Connection, job: &JobRow, e: KindError, held: Option<WriteLock>) -> Exit {
         let message = e.to_string();
+        let _w = held.unwrap_or_else(|| self.store.lock_writes());
         if !conn.is_autocommit() {
             let _ = conn.execute_batch("ROLLBACK");
         }
@@ -303,7 +319,13 @@ pub fn context<'a>(job: &'a JobRow, paths: &'a Paths) -> JobContext<'a> {
 
 /// Rolls back everything `job` wrote and ends it as `terminated`. The intent is
 /// committed first, so a crash during the rollback is finished at the next start.
-pub fn terminate(conn: &Connection, job: &JobRow, paths: &Paths) -> Result<(), KindError> {
+pub fn terminate(
+    store: &Store,
+    conn: &Connection,
+    job: &JobRow,
+    paths: &Paths,
+) -> Result<(), KindError> {
+    let _w = store.lock_writes();
     store::jobs::set_state(conn, job.seq, StoredState::Terminating, None)?;
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let undo = (|| {

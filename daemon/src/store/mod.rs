@@ -33,7 +33,13 @@ pub struct Store {
 struct Inner {
     path: PathBuf,
     pool: Mutex<Vec<Connection>>,
+    writes: Arc<tokio::sync::Mutex<()>>,
 }
+
+/// Held for the whole of a write transaction. SQLite lets one writer in at a time
+/// but does not queue the others: a worker that commits and begins again at once
+/// would starve every other writer until its busy timeout. This lock is FIFO.
+pub type WriteLock = tokio::sync::OwnedMutexGuard<()>;
 
 impl Store {
     /// Opens (creating if needed) the database and applies the schema.
@@ -42,11 +48,17 @@ impl Store {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
                 pool: Mutex::new(Vec::new()),
+                writes: Arc::new(tokio::sync::Mutex::new(())),
             }),
         };
         let conn = store.conn()?;
         conn.execute_batch(schema::SCHEMA)?;
         Ok(store)
+    }
+
+    /// Waits for this process's turn to write. Call from a blocking thread only.
+    pub fn lock_writes(&self) -> WriteLock {
+        Arc::clone(&self.inner.writes).blocking_lock_owned()
     }
 
     /// A connection from the pool, or a new one.
