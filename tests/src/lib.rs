@@ -20,6 +20,7 @@ pub mod bins;
 pub mod checks;
 pub mod daemon;
 pub mod data;
+pub mod http;
 pub mod store;
 
 pub use bins::{bins, Bins};

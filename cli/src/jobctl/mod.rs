@@ -4,13 +4,14 @@
 //! Exit codes: 0 ok; 1 the daemon refused, a job did not complete, or a local I/O
 //! error; 2 usage (clap's own code); 3 no daemon reachable or the connection broke.
 
+mod completions;
 mod control;
 mod errors;
 mod export;
 mod output;
 mod ping;
 mod progress;
-mod render;
+pub mod render;
 mod status;
 mod upload;
 mod wait;
@@ -128,6 +129,11 @@ pub enum Command {
     Errors { id: String },
     /// Check that the daemon answers
     Ping,
+    /// Print the completion script for SHELL (bash, zsh, fish, elvish, powershell)
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// How a command that ran to its end went.
@@ -261,6 +267,7 @@ pub async fn run(cli: Cli) -> Result<Outcome, Error> {
         Command::Output { id, output } => output::run(&ctx, &id, output.as_deref()).await,
         Command::Errors { id } => errors::run(&ctx, &id).await,
         Command::Ping => ping::run(&ctx).await,
+        Command::Completions { shell } => completions::run(shell),
     }
 }
 
