@@ -133,7 +133,19 @@ fn env_dir(var: &str) -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
+/// A directory systemd made for the service (`StateDirectory=` and friends).
+fn systemd_dir(var: &str) -> Option<PathBuf> {
+    let v = std::env::var(var).ok()?;
+    v.split(':')
+        .next()
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+}
+
 fn default_config_file() -> Option<PathBuf> {
+    if let Some(d) = systemd_dir("CONFIGURATION_DIRECTORY") {
+        return Some(d.join("jobd.toml"));
+    }
     if is_root() {
         return Some(PathBuf::from("/etc/jobd/jobd.toml"));
     }
@@ -174,26 +186,37 @@ impl Config {
             .socket
             .clone()
             .or(file.socket)
+            .or_else(|| systemd_dir("RUNTIME_DIRECTORY").map(|d| d.join("jobd.sock")))
             .unwrap_or_else(jobd_protocol::paths::default_socket_path);
-        let state_dir = cli.state_dir.clone().or(file.state_dir).unwrap_or_else(|| {
-            if root {
-                PathBuf::from("/var/lib/jobd")
-            } else {
-                env_dir("XDG_STATE_HOME")
-                    .or_else(|| env_dir("HOME").map(|h| h.join(".local/state")))
-                    .unwrap_or_else(|| {
-                        PathBuf::from(format!("/tmp/jobd-{}-state", nix::unistd::geteuid()))
-                    })
-                    .join("jobd")
-            }
-        });
-        let log_dir = cli.log_dir.clone().or(file.log_dir).unwrap_or_else(|| {
-            if root {
-                PathBuf::from("/var/log/jobd")
-            } else {
-                state_dir.join("log")
-            }
-        });
+        let state_dir = cli
+            .state_dir
+            .clone()
+            .or(file.state_dir)
+            .or_else(|| systemd_dir("STATE_DIRECTORY"))
+            .unwrap_or_else(|| {
+                if root {
+                    PathBuf::from("/var/lib/jobd")
+                } else {
+                    env_dir("XDG_STATE_HOME")
+                        .or_else(|| env_dir("HOME").map(|h| h.join(".local/state")))
+                        .unwrap_or_else(|| {
+                            PathBuf::from(format!("/tmp/jobd-{}-state", nix::unistd::geteuid()))
+                        })
+                        .join("jobd")
+                }
+            });
+        let log_dir = cli
+            .log_dir
+            .clone()
+            .or(file.log_dir)
+            .or_else(|| systemd_dir("LOGS_DIRECTORY"))
+            .unwrap_or_else(|| {
+                if root {
+                    PathBuf::from("/var/log/jobd")
+                } else {
+                    state_dir.join("log")
+                }
+            });
         let pid_file = cli.pid_file.clone().or(file.pid_file).unwrap_or_else(|| {
             if root {
                 PathBuf::from("/run/jobd/jobd.pid")

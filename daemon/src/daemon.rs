@@ -85,7 +85,11 @@ fn make_private_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Runs until SIGINT/SIGTERM; returns once every worker has checkpointed.
-pub async fn run(prepared: Prepared, log: LogHandle) -> anyhow::Result<()> {
+pub async fn run(
+    prepared: Prepared,
+    log: LogHandle,
+    on_ready: Box<dyn FnOnce() + Send>,
+) -> anyhow::Result<()> {
     let Prepared {
         config,
         store,
@@ -106,13 +110,22 @@ pub async fn run(prepared: Prepared, log: LogHandle) -> anyhow::Result<()> {
         .context("loading the jobs panicked")?
         .context("cannot load the jobs")?;
     registry.start();
+    let socket = match listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+    {
+        Some(p) => p,
+        None => config.socket.clone(),
+    };
     tracing::info!(
-        socket = %config.socket.display(),
+        socket = %socket.display(),
         state_dir = %config.state_dir.display(),
         activated,
         "jobd ready"
     );
     systemd::notify("READY=1");
+    on_ready();
 
     let ctx = Arc::new(Context {
         registry: Arc::clone(&registry),

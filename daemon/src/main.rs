@@ -4,10 +4,15 @@
 use clap::Parser;
 use jobd::config::{Cli, Config};
 use jobd::{daemon, logging, pidfile};
+use nix::sys::stat::{umask, Mode};
+use std::fs::File;
+use std::io::{Read, Write};
 use std::os::unix::fs::DirBuilderExt;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // Everything jobd creates is private unless it says otherwise (the socket's group).
+    umask(Mode::from_bits_truncate(0o077));
     let cli = Cli::parse();
     let config = match Config::resolve(&cli) {
         Ok(c) => c,
@@ -20,7 +25,13 @@ fn main() -> ExitCode {
         print!("{}", config.to_toml());
         return ExitCode::SUCCESS;
     }
-    match run(&cli, config) {
+    let result = if cli.daemon {
+        run_detached(config)
+    } else {
+        let log = logging::to_stderr(&config.log_level);
+        daemon::prepare(config).and_then(|p| serve(p, log, Box::new(|| {})))
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("jobd: {e:#}");
@@ -30,14 +41,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: &Cli, config: Config) -> anyhow::Result<()> {
-    if !cli.daemon {
-        let log = logging::to_stderr(&config.log_level);
-        return serve(daemon::prepare(config)?, log);
-    }
+/// Daemon mode. The launcher returns only once the daemon answers on its socket
+/// (exit 0) or has failed (exit 1): the daemon reports readiness through a pipe.
+fn run_detached(config: Config) -> anyhow::Result<()> {
     let pid_file = config.pid_file.clone();
     pidfile::check_not_running(&pid_file).map_err(anyhow::Error::msg)?;
-    for dir in [Some(config.log_dir.as_path()), pid_file.parent()]
+    let (level, log_dir) = (config.log_level.clone(), config.log_dir.clone());
+    // The socket's directory first: `prepare` gives it its mode and group.
+    let prepared = daemon::prepare(config)?;
+    for dir in [Some(log_dir.as_path()), pid_file.parent()]
         .into_iter()
         .flatten()
     {
@@ -46,23 +58,52 @@ fn run(cli: &Cli, config: Config) -> anyhow::Result<()> {
             .mode(0o700)
             .create(dir)?;
     }
-    let (level, log_dir) = (config.log_level.clone(), config.log_dir.clone());
-    let prepared = daemon::prepare(config)?;
-    daemonize::Daemonize::new()
+    let (ready_rx, ready_tx) = nix::unistd::pipe()?;
+    let outcome = daemonize::Daemonize::new()
         .pid_file(&pid_file)
         .working_directory("/")
-        .umask(0o027)
-        .start()
-        .map_err(|e| anyhow::anyhow!("cannot daemonize: {e}"))?;
-    let log = logging::to_file(&level, &log_dir);
-    let result = serve(prepared, log);
-    pidfile::remove(&pid_file);
-    result
+        .umask(0o077)
+        .execute();
+    match outcome {
+        daemonize::Outcome::Parent(Ok(_)) => {
+            drop(ready_tx);
+            let mut answer = [0u8; 1];
+            let ready = File::from(ready_rx).read(&mut answer).unwrap_or(0) == 1;
+            if ready {
+                Ok(())
+            } else {
+                anyhow::bail!(
+                    "the daemon did not start; see its log in {}",
+                    log_dir.display()
+                )
+            }
+        }
+        daemonize::Outcome::Parent(Err(e)) => anyhow::bail!("cannot daemonize: {e}"),
+        daemonize::Outcome::Child(Err(e)) => anyhow::bail!("cannot daemonize: {e}"),
+        daemonize::Outcome::Child(Ok(_)) => {
+            drop(ready_rx);
+            let log = logging::to_file(&level, &log_dir);
+            let mut ready_tx = File::from(ready_tx);
+            let result = serve(
+                prepared,
+                log,
+                Box::new(move || {
+                    let _ = ready_tx.write_all(b"1");
+                }),
+            );
+            pidfile::remove(&pid_file);
+            result
+        }
+    }
 }
 
-fn serve(prepared: daemon::Prepared, log: logging::LogHandle) -> anyhow::Result<()> {
+fn serve(
+    prepared: daemon::Prepared,
+    log: logging::LogHandle,
+    on_ready: Box<dyn FnOnce() + Send>,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(daemon::run(prepared, log))
+    runtime.block_on(daemon::run(prepared, log, on_ready))
 }

@@ -21,6 +21,7 @@ pub mod checks;
 pub mod daemon;
 pub mod data;
 pub mod http;
+pub mod service;
 pub mod store;
 
 pub use bins::{bins, Bins};
