@@ -6,7 +6,7 @@
 //! reader only ever works ahead of the cursor; what it read but the worker did not
 //! apply is simply read again after a pause or crash.
 
-use super::csv_input::CsvInput;
+use super::csv_input::{CsvInput, Record, Row};
 use super::{field_count_error, spool_path, utf8_fields, JobContext, JobRun, KindError, Unit};
 use crate::dates;
 use crate::store::StoreError;
@@ -193,8 +193,8 @@ fn read_ahead(input: &mut CsvInput, layout: Layout, tx: &SyncSender<Result<Chunk
         };
         let mut eof = false;
         while chunk.rows.len() < CHUNK_ROWS {
-            let rec = match input.next() {
-                Ok(Some(rec)) => rec,
+            let row = match input.next() {
+                Ok(Some(row)) => row,
                 Ok(None) => {
                     eof = true;
                     break;
@@ -204,7 +204,10 @@ fn read_ahead(input: &mut CsvInput, layout: Layout, tx: &SyncSender<Result<Chunk
                     return;
                 }
             };
-            let parsed = parse_row(rec, layout, &mut chunk.arena);
+            let parsed = match row {
+                Row::Fields(rec) => parse_row(rec, layout, &mut chunk.arena),
+                Row::Malformed(message) => Err(message),
+            };
             let end = input.offset();
             chunk.rows.push(match parsed {
                 Ok((date, data)) => Parsed::Record { date, data, end },
@@ -220,7 +223,7 @@ fn read_ahead(input: &mut CsvInput, layout: Layout, tx: &SyncSender<Result<Chunk
 
 /// Checks one row and appends its data to `arena`; the error is the row error message.
 fn parse_row(
-    rec: &csv::ByteRecord,
+    rec: &Record,
     layout: Layout,
     arena: &mut String,
 ) -> Result<([u8; 10], Range<usize>), String> {

@@ -1,7 +1,7 @@
 //! `bulkTeam`: each data row creates a team (first column, trimmed) with the other
 //! non-empty fields as its members. Team names are unique per user.
 
-use super::csv_input::CsvInput;
+use super::csv_input::{CsvInput, Row};
 use super::{field_count_error, spool_path, utf8_fields, JobContext, JobRun, KindError, Unit};
 use crate::store::StoreError;
 use rusqlite::{params, Connection};
@@ -52,12 +52,16 @@ impl JobRun for BulkTeam {
                 w
             }
         };
-        let Some(rec) = self.input.next()? else {
+        let Some(next) = self.input.next()? else {
             return Ok(None);
         };
         self.row += 1;
         let row = self.row;
         let rejected = |message: String| Ok(Some(Unit::Rejected { row, message }));
+        let rec = match next {
+            Row::Fields(rec) => rec,
+            Row::Malformed(message) => return rejected(message),
+        };
         if rec.len() != width {
             return rejected(field_count_error(width, rec.len()));
         }

@@ -1,53 +1,164 @@
 //! A CSV file read record by record from a byte offset, so a job can stop at any
 //! record boundary and resume there with a fresh file handle.
+//!
+//! Built on `csv_core` with buffers of bounded size: a record larger than
+//! [`MAX_RECORD_BYTES`] is skipped and reported as malformed instead of being held
+//! in memory, however large it is. A quote left open at the end of the file is
+//! reported too, instead of silently swallowing the rows after it.
 
 use super::KindError;
-use csv::{ByteRecord, Reader, ReaderBuilder};
+use csv_core::{ReadRecordResult, Reader};
 use std::fs::File;
-use std::io::{BufReader, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
+/// The largest record kept; larger ones are row errors.
+pub const MAX_RECORD_BYTES: usize = 16 << 20;
+const READ_BUF: usize = 256 * 1024;
+
+/// One record: its fields back to back in `buf`, each ending at `ends[i]`.
+#[derive(Default)]
+pub struct Record {
+    buf: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Record {
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let field = &self.buf[start..end];
+            start = end;
+            field
+        })
+    }
+}
+
+/// What the next record is.
+pub enum Row<'a> {
+    Fields(&'a Record),
+    /// Not a usable record; the message says why.
+    Malformed(String),
+}
+
 pub struct CsvInput {
-    reader: Reader<BufReader<File>>,
-    base: u64,
-    record: ByteRecord,
+    file: File,
+    core: Reader,
+    inbuf: Vec<u8>,
+    pos: usize,
+    filled: usize,
+    eof: bool,
+    /// Offset in the file of the next byte csv_core will see.
+    offset: u64,
+    file_len: u64,
+    path: std::path::PathBuf,
+    out: Vec<u8>,
+    ends: Vec<usize>,
+    record: Record,
 }
 
 impl CsvInput {
     pub fn open(path: &Path, offset: u64) -> Result<CsvInput, KindError> {
         let mut file = File::open(path)
             .map_err(|e| KindError::io(format!("cannot open {}", path.display()), e))?;
+        let file_len = file
+            .metadata()
+            .map_err(|e| KindError::io("cannot read the upload's size", e))?
+            .len();
         file.seek(SeekFrom::Start(offset))
             .map_err(|e| KindError::io("cannot seek in the upload", e))?;
-        let reader = ReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .buffer_capacity(256 * 1024)
-            .from_reader(BufReader::with_capacity(256 * 1024, file));
         Ok(CsvInput {
-            reader,
-            base: offset,
-            record: ByteRecord::new(),
+            file,
+            core: Reader::new(),
+            inbuf: vec![0; READ_BUF],
+            pos: 0,
+            filled: 0,
+            eof: false,
+            offset,
+            file_len,
+            path: path.to_path_buf(),
+            out: vec![0; 4096],
+            ends: vec![0; 64],
+            record: Record::default(),
         })
     }
 
     /// The next record, or `None` at the end of the file.
-    pub fn next(&mut self) -> Result<Option<&ByteRecord>, KindError> {
-        match self.reader.read_byte_record(&mut self.record) {
-            Ok(true) => Ok(Some(&self.record)),
-            Ok(false) => Ok(None),
-            Err(e) => Err(match e.into_kind() {
-                csv::ErrorKind::Io(io) => KindError::io("cannot read the upload", io),
-                other => KindError::Fatal(format!("unreadable CSV: {other:?}")),
-            }),
+    pub fn next(&mut self) -> Result<Option<Row<'_>>, KindError> {
+        let start = self.offset;
+        let (mut nout, mut nends) = (0usize, 0usize);
+        let mut too_large = false;
+        loop {
+            if self.pos == self.filled && !self.eof {
+                self.filled = self
+                    .file
+                    .read(&mut self.inbuf)
+                    .map_err(|e| KindError::io("cannot read the upload", e))?;
+                self.pos = 0;
+                self.eof = self.filled == 0;
+            }
+            let input = &self.inbuf[self.pos..self.filled];
+            let (res, nin, o, e) =
+                self.core
+                    .read_record(input, &mut self.out[nout..], &mut self.ends[nends..]);
+            self.pos += nin;
+            self.offset += nin as u64;
+            nout += o;
+            nends += e;
+            match res {
+                ReadRecordResult::InputEmpty => {}
+                ReadRecordResult::OutputFull if self.out.len() >= MAX_RECORD_BYTES => {
+                    // Keep parsing to the record's end, dropping what it holds.
+                    too_large = true;
+                    nout = 0;
+                    nends = 0;
+                }
+                ReadRecordResult::OutputFull => {
+                    let len = self.out.len() * 2;
+                    self.out.resize(len.min(MAX_RECORD_BYTES), 0);
+                }
+                ReadRecordResult::OutputEndsFull if too_large => nends = 0,
+                ReadRecordResult::OutputEndsFull => {
+                    let len = self.ends.len() * 2;
+                    self.ends.resize(len, 0);
+                }
+                ReadRecordResult::Record => {
+                    if too_large {
+                        return Ok(Some(Row::Malformed(format!(
+                            "the row is larger than {} MiB",
+                            MAX_RECORD_BYTES >> 20
+                        ))));
+                    }
+                    if self.offset >= self.file_len && self.ends_in_open_quote(start)? {
+                        return Ok(Some(Row::Malformed(
+                            "a quoted field is never closed: its quote runs to the end of the file"
+                                .into(),
+                        )));
+                    }
+                    self.record.buf.clear();
+                    self.record.buf.extend_from_slice(&self.out[..nout]);
+                    self.record.ends.clear();
+                    self.record.ends.extend_from_slice(&self.ends[..nends]);
+                    return Ok(Some(Row::Fields(&self.record)));
+                }
+                ReadRecordResult::End => return Ok(None),
+            }
         }
     }
 
     /// The header row's fields, with a leading UTF-8 BOM removed.
     pub fn header(&mut self) -> Result<Vec<String>, KindError> {
-        let rec = self
-            .next()?
-            .ok_or_else(|| KindError::Fatal("the file is empty: no header row".into()))?;
+        let rec = match self.next()? {
+            None => return Err(KindError::Fatal("the file is empty: no header row".into())),
+            Some(Row::Malformed(why)) => {
+                return Err(KindError::Fatal(format!("unreadable header row: {why}")))
+            }
+            Some(Row::Fields(rec)) => rec,
+        };
         let mut fields = Vec::with_capacity(rec.len());
         for (i, f) in rec.iter().enumerate() {
             let f = if i == 0 {
@@ -65,6 +176,63 @@ impl CsvInput {
 
     /// Byte offset of the next record in the file.
     pub fn offset(&self) -> u64 {
-        self.base + self.reader.position().byte()
+        self.offset
+    }
+
+    /// Whether the last record, from `start` to the end of the file, ends inside a
+    /// quoted field. Only the last record can: elsewhere a quote is closed or
+    /// it would have run on to the end. Read again from disk; the record is bounded.
+    fn ends_in_open_quote(&self, start: u64) -> Result<bool, KindError> {
+        let mut f =
+            File::open(&self.path).map_err(|e| KindError::io("cannot reopen the upload", e))?;
+        f.seek(SeekFrom::Start(start))
+            .map_err(|e| KindError::io("cannot seek in the upload", e))?;
+        let mut raw = Vec::new();
+        f.take(MAX_RECORD_BYTES as u64 + 1)
+            .read_to_end(&mut raw)
+            .map_err(|e| KindError::io("cannot read the upload", e))?;
+        Ok(open_quote_at_end(&raw))
+    }
+}
+
+/// Follows RFC 4180 quoting as csv_core does: a quote opens a field only at its
+/// start; inside, `""` is a literal quote and a lone `"` closes it.
+fn open_quote_at_end(raw: &[u8]) -> bool {
+    let (mut in_quotes, mut at_field_start) = (false, true);
+    let mut i = 0;
+    while i < raw.len() {
+        let c = raw[i];
+        if in_quotes {
+            if c == b'"' {
+                if raw.get(i + 1) == Some(&b'"') {
+                    i += 1;
+                } else {
+                    in_quotes = false;
+                }
+            }
+        } else if c == b'"' && at_field_start {
+            in_quotes = true;
+        } else {
+            at_field_start = matches!(c, b',' | b'\n' | b'\r');
+            i += 1;
+            continue;
+        }
+        at_field_start = false;
+        i += 1;
+    }
+    in_quotes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::open_quote_at_end;
+
+    #[test]
+    fn open_quotes() {
+        assert!(open_quote_at_end(b"2024-01-01,\"abc\n2024-01-02,x\n"));
+        assert!(!open_quote_at_end(b"a,\"b\"\"c\",d\n"));
+        assert!(!open_quote_at_end(b"a,b\"c,d\n"));
+        assert!(open_quote_at_end(b"\"x\"\"\n"));
+        assert!(!open_quote_at_end(b"\"\""));
     }
 }

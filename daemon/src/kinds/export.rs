@@ -176,11 +176,12 @@ fn fresh_cursor(
         |r| r.get::<_, String>(0),
     )?;
     let mut columns: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for job_columns in rows {
         let job_columns: Vec<String> = serde_json::from_str(&job_columns?)
             .map_err(|e| KindError::Fatal(format!("corrupt columns of a baseline: {e}")))?;
         for c in job_columns {
-            if !columns.contains(&c) {
+            if seen.insert(c.clone()) {
                 columns.push(c);
             }
         }

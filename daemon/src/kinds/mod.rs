@@ -153,7 +153,7 @@ pub fn remove_files(files: &[PathBuf]) {
 }
 
 /// Checks that every field is UTF-8; the row error message names the field.
-fn utf8_fields(rec: &csv::ByteRecord) -> Result<Vec<&str>, String> {
+fn utf8_fields(rec: &csv_input::Record) -> Result<Vec<&str>, String> {
     rec.iter()
         .enumerate()
         .map(|(i, f)| {
