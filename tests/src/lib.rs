@@ -18,6 +18,7 @@
 
 pub mod bins;
 pub mod checks;
+pub mod crash;
 pub mod daemon;
 pub mod data;
 pub mod http;
