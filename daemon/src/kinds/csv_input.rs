@@ -12,8 +12,9 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-/// The largest record kept; larger ones are row errors.
+/// The largest record kept, in bytes and in fields; larger ones are row errors.
 pub const MAX_RECORD_BYTES: usize = 16 << 20;
+pub const MAX_FIELDS: usize = 1 << 20;
 const READ_BUF: usize = 256 * 1024;
 
 /// One record: its fields back to back in `buf`, each ending at `ends[i]`.
@@ -121,15 +122,19 @@ impl CsvInput {
                     let len = self.out.len() * 2;
                     self.out.resize(len.min(MAX_RECORD_BYTES), 0);
                 }
-                ReadRecordResult::OutputEndsFull if too_large => nends = 0,
+                ReadRecordResult::OutputEndsFull if too_large || self.ends.len() >= MAX_FIELDS => {
+                    too_large = true;
+                    nout = 0;
+                    nends = 0;
+                }
                 ReadRecordResult::OutputEndsFull => {
                     let len = self.ends.len() * 2;
-                    self.ends.resize(len, 0);
+                    self.ends.resize(len.min(MAX_FIELDS), 0);
                 }
                 ReadRecordResult::Record => {
                     if too_large {
                         return Ok(Some(Row::Malformed(format!(
-                            "the row is larger than {} MiB",
+                            "the row is larger than {} MiB or has more than {MAX_FIELDS} fields",
                             MAX_RECORD_BYTES >> 20
                         ))));
                     }
