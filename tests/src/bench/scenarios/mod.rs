@@ -1,0 +1,138 @@
+//! The scenarios of issue 6. Each returns its lines of the table.
+
+mod control;
+mod ingest;
+mod jobs;
+
+use super::env::Env;
+use super::stats::Measure;
+use anyhow::{anyhow, bail, Result};
+use jobd_protocol::{Client, JobInfo, JobState, UploadKind};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+pub struct Scenario {
+    pub name: &'static str,
+    pub about: &'static str,
+    /// Part of `--skip-big`.
+    pub big: bool,
+    pub run: fn(&Env) -> Result<Vec<Measure>>,
+}
+
+pub const ALL: &[Scenario] = &[
+    Scenario {
+        name: "ingest",
+        about: "jobctl upload --wait of the ingest CSV vs sqlite3 .import of the same file",
+        big: false,
+        run: ingest::ingest,
+    },
+    Scenario {
+        name: "memory",
+        about: "peak RSS of jobd and jobctl while ingesting a 1 GiB CSV (fresh daemon per run)",
+        big: true,
+        run: ingest::memory,
+    },
+    Scenario {
+        name: "rtt",
+        about: "status of one job over one connection: p50, p99",
+        big: false,
+        run: control::rtt,
+    },
+    Scenario {
+        name: "throughput",
+        about: "status requests per second over 8 connections",
+        big: false,
+        run: control::throughput,
+    },
+    Scenario {
+        name: "stop",
+        about: "stop -> answer latency on a running ingest job, stop/start cycles",
+        big: false,
+        run: control::stop_latency,
+    },
+    Scenario {
+        name: "jobctl-stop",
+        about: "`jobctl stop ID` as a whole process, alternating with `jobctl start ID`",
+        big: false,
+        run: control::jobctl_stop,
+    },
+    Scenario {
+        name: "paused",
+        about: "10 000 paused jobs: RSS and open files per job, CPU while idle",
+        big: false,
+        run: jobs::paused,
+    },
+    Scenario {
+        name: "many-jobs",
+        about: "100 000 submitted jobs: submit latency last/first 1 000, status at 100 000 vs 100",
+        big: false,
+        run: jobs::many_jobs,
+    },
+    Scenario {
+        name: "restart",
+        about: "restart with 100 000 jobs in the store, 1 000 unfinished: exec -> ping",
+        big: false,
+        run: jobs::restart,
+    },
+];
+
+pub fn progress(scenario: &str, msg: impl AsRef<str>) {
+    eprintln!("  [{scenario}] {}", msg.as_ref());
+}
+
+/// Uploads bytes as a baseline job; returns its id.
+pub async fn submit_bytes(c: &mut Client, bytes: &[u8], rate: Option<f64>) -> Result<String> {
+    let info = c
+        .upload(UploadKind::BaselineCsv, rate, bytes, |_| {})
+        .await
+        .map_err(|e| anyhow!("submit: {e}"))?;
+    Ok(info.id)
+}
+
+/// Uploads a file as a baseline job; returns its id.
+pub async fn submit_file(c: &mut Client, path: &Path, rate: Option<f64>) -> Result<String> {
+    let f = tokio::fs::File::open(path).await?;
+    let info = c
+        .upload(UploadKind::BaselineCsv, rate, f, |_| {})
+        .await
+        .map_err(|e| anyhow!("submit {}: {e}", path.display()))?;
+    Ok(info.id)
+}
+
+pub async fn status_one(c: &mut Client, id: &str) -> Result<JobInfo> {
+    let mut v = c
+        .status(&[id.to_string()])
+        .await
+        .map_err(|e| anyhow!("status {id}: {e}"))?;
+    v.pop()
+        .ok_or_else(|| anyhow!("status {id}: no job in the answer"))
+}
+
+/// Polls until `pred` holds for the job (fails if it finishes without it).
+pub async fn wait_for(
+    c: &mut Client,
+    id: &str,
+    what: &str,
+    pred: impl Fn(&JobInfo) -> bool,
+) -> Result<JobInfo> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let info = status_one(c, id).await?;
+        if pred(&info) {
+            return Ok(info);
+        }
+        if info.state.is_finished() || Instant::now() > deadline {
+            bail!("job {id}: no {what}; last status {info:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits for the jobs to end and checks they completed.
+pub async fn wait_completed(c: &mut Client, ids: &[String]) -> Result<Vec<JobInfo>> {
+    let infos = c.wait(ids).await.map_err(|e| anyhow!("wait: {e}"))?;
+    if let Some(bad) = infos.iter().find(|i| i.state != JobState::Completed) {
+        bail!("job {} ended {}: {:?}", bad.id, bad.state, bad.error);
+    }
+    Ok(infos)
+}
