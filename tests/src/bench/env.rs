@@ -22,6 +22,8 @@ pub struct Sizes {
     pub runs: usize,
     /// Runs of the heavy scenarios (memory, many-jobs, restart).
     pub heavy_runs: usize,
+    /// Runs of many-jobs (each is 100 000 submissions and a long queue to drain).
+    pub many_runs: usize,
     pub ingest_rows: u64,
     pub big_bytes: u64,
     pub rtt_calls: usize,
@@ -43,6 +45,7 @@ impl Sizes {
         Sizes {
             runs: 5,
             heavy_runs: 3,
+            many_runs: 1,
             ingest_rows: 1_000_000,
             big_bytes: 1 << 30,
             rtt_calls: 100_000,
@@ -63,6 +66,7 @@ impl Sizes {
         Sizes {
             runs: 2,
             heavy_runs: 1,
+            many_runs: 1,
             ingest_rows: 100_000,
             big_bytes: 64 << 20,
             rtt_calls: 10_000,

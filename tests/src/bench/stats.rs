@@ -139,7 +139,7 @@ pub fn fmt_value(unit: Unit, v: f64) -> String {
             let a = v.abs();
             if a < 10.0 * 1024.0 {
                 format!("{v:.0} B")
-            } else if a < 10.0 * 1024.0 * 1024.0 {
+            } else if a < 1024.0 * 1024.0 {
                 format!("{:.1} KiB", v / 1024.0)
             } else {
                 format!("{:.1} MiB", v / (1024.0 * 1024.0))

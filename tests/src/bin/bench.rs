@@ -27,7 +27,8 @@ Runs the jobd benchmark scenarios (all by default) and prints a table.
 
 options:
   --runs N          runs per scenario (default 5; --quick: 2)
-  --heavy-runs N    runs of the heavy scenarios memory, paused, many-jobs (default 3; --quick: 1)
+  --heavy-runs N    runs of the heavy scenarios memory and paused (default 3; --quick: 1)
+  --many-runs N     runs of many-jobs (default 1: each run is --jobs submissions)
   --quick           smaller sizes and fewer runs: a smoke run of a few minutes
   --skip-big        skip the 1 GiB memory scenario (needs ~3.5 GiB of disk)
   --rows N          rows of the ingest file (default 1000000)
@@ -84,6 +85,7 @@ fn parse(args: &[String]) -> Result<Opts> {
             "--quick" => {}
             "--runs" => sizes.runs = num(a, it.next())?,
             "--heavy-runs" => sizes.heavy_runs = num(a, it.next())?,
+            "--many-runs" => sizes.many_runs = num(a, it.next())?,
             "--skip-big" => o.skip_big = true,
             "--rows" => sizes.ingest_rows = num(a, it.next())?,
             "--big-mib" => sizes.big_bytes = num::<u64>(a, it.next())? << 20,
@@ -132,8 +134,8 @@ fn parse(args: &[String]) -> Result<Opts> {
             other => bail!("unknown option {other}\n{USAGE}"),
         }
     }
-    if sizes.runs == 0 || sizes.heavy_runs == 0 {
-        bail!("--runs and --heavy-runs must be at least 1");
+    if sizes.runs == 0 || sizes.heavy_runs == 0 || sizes.many_runs == 0 {
+        bail!("--runs, --heavy-runs and --many-runs must be at least 1");
     }
     if o.scenarios.is_empty() {
         o.scenarios = ALL.iter().collect();
@@ -292,9 +294,10 @@ fn run(args: &[String]) -> Result<i32> {
     header.push_str(&format!("machine: {}\n", machine()));
     header.push_str(&format!("commit:  {}\n", git_rev()));
     header.push_str(&format!(
-        "runs:    {} per scenario, {} for memory/paused/many-jobs{}\n",
+        "runs:    {} per scenario, {} for memory and paused, {} for many-jobs{}\n",
         o.sizes.runs,
         o.sizes.heavy_runs,
+        o.sizes.many_runs,
         if o.quick {
             " (--quick: reduced sizes)"
         } else {

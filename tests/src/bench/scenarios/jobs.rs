@@ -361,7 +361,7 @@ pub fn many_jobs(env: &Env) -> Result<Vec<Measure>> {
     );
     let mut rate = Measure::new(MJ, "submits/s, 4 connections (info)", Unit::PerSecond, None);
     let bytes = Arc::new(small_csv(4, 5));
-    let runs = env.sizes.heavy_runs;
+    let runs = env.sizes.many_runs;
     for run in 0..runs {
         let d = env.daemon(MJ, &[])?;
         let (first, last, s_early, s_n, s_busy, sub_rate) = block_on(async {
