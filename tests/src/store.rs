@@ -40,8 +40,10 @@ pub fn baseline_records(conn: &Connection, id: &str) -> Vec<BaselineRecord> {
     let seq = seq(conn, id);
     let mut stmt = conn
         .prepare(
-            "SELECT id, date, data FROM baseline_records \
-             WHERE id >= ?1 AND id < ?2 ORDER BY id",
+            "SELECT r.row, g.date, r.data FROM baseline_records r \
+             LEFT JOIN baseline_groups g ON g.job_seq = r.id >> 32 \
+                                        AND r.id BETWEEN g.first AND g.last \
+             WHERE r.id >= ?1 AND r.id < ?2 ORDER BY r.id",
         )
         .expect("prepare baseline query");
     let lo = seq << 32;
@@ -50,19 +52,19 @@ pub fn baseline_records(conn: &Connection, id: &str) -> Vec<BaselineRecord> {
         .query_map(params![lo, hi], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(1)?,
                 r.get::<_, String>(2)?,
             ))
         })
         .expect("query baseline_records");
     let mut out = Vec::new();
     for row in rows {
-        let (key, date, data) = row.expect("baseline row");
+        let (row, date, data) = row.expect("baseline row");
         let fields: Vec<String> = serde_json::from_str(&data)
             .unwrap_or_else(|e| panic!("baseline data {data:?} is not a JSON string array: {e}"));
         out.push(BaselineRecord {
-            row: (key & 0xFFFF_FFFF) as u64,
-            date,
+            row: row as u64,
+            date: date.unwrap_or_else(|| panic!("record of row {row} is in no date group")),
             fields,
         });
     }

@@ -28,6 +28,9 @@ struct Cursor {
     row: u64,
     width: usize,
     date_col: usize,
+    /// Records committed so far (cursors from before it was kept: counted).
+    #[serde(default)]
+    stored: Option<u64>,
 }
 
 #[derive(Clone, Copy)]
@@ -58,18 +61,19 @@ struct Chunk {
 
 pub struct Baseline {
     seq: i64,
-    owner_uid: u32,
     layout: Layout,
     /// The header's columns, to be recorded by the first step of a fresh job.
     new_columns: Option<String>,
     offset: u64,
     row: u64,
+    /// Records of this job in the store once the open batch commits.
+    stored: u64,
     chunks: Option<Receiver<Result<Chunk, KindError>>>,
     reader: Option<JoinHandle<()>>,
     chunk: Chunk,
     next_in_chunk: usize,
-    /// Rows applied since the last commit, written out sorted by date in `sync`:
-    /// the store's (owner, date, id) order then takes them in sequence.
+    /// Rows applied since the last commit, written out sorted by date in `sync`
+    /// (see the schema: each date of a batch becomes one range of ids).
     pending: Vec<Pending>,
     /// The pending rows' data, back to back.
     arena: String,
@@ -77,18 +81,31 @@ pub struct Baseline {
 
 struct Pending {
     date: [u8; 10],
-    id: i64,
+    row: u64,
     data: Range<usize>,
 }
 
 impl Baseline {
-    pub fn open(ctx: &JobContext<'_>) -> Result<Baseline, KindError> {
+    pub fn open(ctx: &JobContext<'_>, conn: &Connection) -> Result<Baseline, KindError> {
         let cursor: Option<Cursor> = match ctx.cursor {
             Some(c) => Some(
                 serde_json::from_str(c)
                     .map_err(|e| KindError::Fatal(format!("corrupt cursor: {e}")))?,
             ),
             None => None,
+        };
+        let stored = match &cursor {
+            None => 0,
+            Some(Cursor {
+                stored: Some(n), ..
+            }) => *n,
+            Some(_) => conn
+                .query_row(
+                    "SELECT COUNT(*) FROM baseline_records WHERE id BETWEEN ?1 AND ?2",
+                    params![record_id(ctx.seq, 0), record_id(ctx.seq, MAX_RECORDS)],
+                    |r| r.get::<_, i64>(0),
+                )?
+                .unsigned_abs(),
         };
         let (mut input, layout, new_columns, row) = match cursor {
             Some(c) => (
@@ -114,11 +131,11 @@ impl Baseline {
             .map_err(|e| KindError::io("cannot start the reader thread", e))?;
         Ok(Baseline {
             seq: ctx.seq,
-            owner_uid: ctx.owner_uid,
             layout,
             new_columns,
             offset,
             row,
+            stored,
             chunks: Some(rx),
             reader: Some(reader),
             chunk: Chunk {
@@ -267,7 +284,7 @@ impl JobRun for Baseline {
                 self.arena.push_str(&self.chunk.arena[data.clone()]);
                 self.pending.push(Pending {
                     date: *date,
-                    id: record_id(self.seq, self.row),
+                    row: self.row,
                     data: start..self.arena.len(),
                 });
                 self.offset = *end;
@@ -289,6 +306,7 @@ impl JobRun for Baseline {
             "row": self.row,
             "width": self.layout.width,
             "date_col": self.layout.date_col,
+            "stored": self.stored,
         })
         .to_string()
     }
@@ -298,31 +316,42 @@ impl JobRun for Baseline {
     }
 
     fn sync(&mut self, conn: &Connection, interrupt: &AtomicBool) -> Result<(), KindError> {
-        self.pending.sort_unstable_by_key(|p| (p.date, p.id));
-        let mut insert = conn.prepare_cached(
-            "INSERT INTO baseline_records (owner_uid, date, id, data) VALUES (?1, ?2, ?3, ?4)",
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let stored = self.stored + self.pending.len() as u64;
+        if stored > MAX_RECORDS {
+            return Err(KindError::Fatal(format!(
+                "more than {MAX_RECORDS} records in one upload: split the file"
+            )));
+        }
+        self.pending.sort_unstable_by_key(|p| (p.date, p.row));
+        let mut insert = conn
+            .prepare_cached("INSERT INTO baseline_records (id, row, data) VALUES (?1, ?2, ?3)")?;
+        let mut group = conn.prepare_cached(
+            "INSERT INTO baseline_groups (job_seq, date, first, last) VALUES (?1, ?2, ?3, ?4)",
         )?;
         let mut day = conn.prepare_cached(
-            "INSERT OR IGNORE INTO baseline_days (job_seq, date) VALUES (?1, ?2)",
+            "INSERT OR IGNORE INTO baseline_days (date, job_seq) VALUES (?1, ?2)",
         )?;
-        let mut last_date = None;
+        let mut id = record_id(self.seq, self.stored);
+        let mut first = id + 1;
         for (i, p) in self.pending.iter().enumerate() {
             if i % 1024 == 1023 && interrupt.load(Ordering::Relaxed) {
                 return Err(KindError::Interrupted);
             }
-            // Dates were validated as ASCII when the row was read.
-            let date = std::str::from_utf8(&p.date).unwrap_or_default();
-            if last_date != Some(p.date) {
-                day.execute(params![self.seq, date])?;
-                last_date = Some(p.date);
+            id += 1;
+            insert.execute(params![id, p.row as i64, &self.arena[p.data.clone()]])?;
+            let last_of_date = self.pending.get(i + 1).is_none_or(|n| n.date != p.date);
+            if last_of_date {
+                // Dates were validated as ASCII when the row was read.
+                let date = std::str::from_utf8(&p.date).unwrap_or_default();
+                group.execute(params![self.seq, date, first, id])?;
+                day.execute(params![date, self.seq])?;
+                first = id + 1;
             }
-            insert.execute(params![
-                self.owner_uid,
-                date,
-                p.id,
-                &self.arena[p.data.clone()]
-            ])?;
         }
+        self.stored = stored;
         self.pending.clear();
         self.arena.clear();
         Ok(())
@@ -340,20 +369,26 @@ impl Drop for Baseline {
     }
 }
 
-/// A record's key within its job: its job's rows form one contiguous range.
-pub fn record_id(seq: i64, row: u64) -> i64 {
-    (seq << 32) | (row as i64 & 0xffff_ffff)
+/// Records one job may hold: ordinals fill the low 32 bits of a record's id.
+const MAX_RECORDS: u64 = 0xffff_ffff;
+
+/// The id of a job's record with ordinal `n` (from 1): a job's records form one
+/// contiguous range, after those of every earlier job.
+fn record_id(seq: i64, n: u64) -> i64 {
+    (seq << 32) | (n & MAX_RECORDS) as i64
 }
 
 pub fn rollback(conn: &Connection, seq: i64) -> Result<(), StoreError> {
     conn.execute(
-        "DELETE FROM baseline_records
-         WHERE owner_uid = (SELECT owner_uid FROM jobs WHERE seq = ?1)
-           AND date IN (SELECT date FROM baseline_days WHERE job_seq = ?1)
-           AND id BETWEEN ?2 AND ?3",
-        params![seq, record_id(seq, 0), record_id(seq, 0xffff_ffff)],
+        "DELETE FROM baseline_records WHERE id BETWEEN ?1 AND ?2",
+        params![record_id(seq, 0), record_id(seq, MAX_RECORDS)],
     )?;
-    conn.execute("DELETE FROM baseline_days WHERE job_seq = ?1", [seq])?;
+    conn.execute(
+        "DELETE FROM baseline_days WHERE job_seq = ?1
+           AND date IN (SELECT date FROM baseline_groups WHERE job_seq = ?1)",
+        [seq],
+    )?;
+    conn.execute("DELETE FROM baseline_groups WHERE job_seq = ?1", [seq])?;
     conn.execute("DELETE FROM baseline_columns WHERE job_seq = ?1", [seq])?;
     Ok(())
 }

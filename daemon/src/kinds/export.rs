@@ -11,12 +11,14 @@ use crate::dates;
 use csv::{Writer, WriterBuilder};
 use rusqlite::{params, Connection};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 /// The inclusive range, as stored in the job's `input`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -48,6 +50,10 @@ struct Cursor {
     columns: Vec<String>,
 }
 
+/// A field of a stored record, borrowed unless it had escapes.
+#[derive(Deserialize)]
+struct Field<'a>(#[serde(borrow)] Cow<'a, str>);
+
 pub struct Export {
     range: ExportRange,
     owner_uid: u32,
@@ -57,7 +63,7 @@ pub struct Export {
     /// Output position of each column, by name.
     column_index: HashMap<String, usize>,
     /// For each source job: where each of its columns goes in the output.
-    job_maps: HashMap<i64, Vec<Option<usize>>>,
+    job_maps: HashMap<i64, Arc<[Option<usize>]>>,
     out: Vec<String>,
 }
 
@@ -123,26 +129,27 @@ impl Export {
         Ok(export)
     }
 
-    fn job_map(&mut self, conn: &Connection, job_seq: i64) -> Result<&[Option<usize>], KindError> {
-        if !self.job_maps.contains_key(&job_seq) {
-            let columns: String = conn.query_row(
-                "SELECT columns FROM baseline_columns WHERE job_seq = ?1",
-                [job_seq],
-                |r| r.get(0),
-            )?;
-            let columns: Vec<String> = serde_json::from_str(&columns)
-                .map_err(|e| KindError::Fatal(format!("corrupt columns of a baseline: {e}")))?;
-            let map = columns
-                .iter()
-                .map(|c| self.column_index.get(c).copied())
-                .collect();
-            self.job_maps.insert(job_seq, map);
+    fn job_map(
+        &mut self,
+        conn: &Connection,
+        job_seq: i64,
+    ) -> Result<Arc<[Option<usize>]>, KindError> {
+        if let Some(map) = self.job_maps.get(&job_seq) {
+            return Ok(Arc::clone(map));
         }
-        Ok(self
-            .job_maps
-            .get(&job_seq)
-            .map(Vec::as_slice)
-            .unwrap_or(&[]))
+        let columns: String = conn.query_row(
+            "SELECT columns FROM baseline_columns WHERE job_seq = ?1",
+            [job_seq],
+            |r| r.get(0),
+        )?;
+        let columns: Vec<String> = serde_json::from_str(&columns)
+            .map_err(|e| KindError::Fatal(format!("corrupt columns of a baseline: {e}")))?;
+        let map: Arc<[Option<usize>]> = columns
+            .iter()
+            .map(|c| self.column_index.get(c).copied())
+            .collect();
+        self.job_maps.insert(job_seq, Arc::clone(&map));
+        Ok(map)
     }
 }
 
@@ -159,11 +166,12 @@ fn fresh_cursor(
     // Jobs in the order their first record appears in the output: date, then job.
     let mut stmt = conn.prepare(
         "SELECT c.columns FROM
-            (SELECT id >> 32 AS job_seq, MIN(date) AS first FROM baseline_records
-              WHERE owner_uid = ?1 AND date BETWEEN ?2 AND ?3 GROUP BY job_seq) AS x
-         JOIN jobs j ON j.seq = x.job_seq
+            (SELECT d.job_seq, MIN(d.date) AS first FROM baseline_days d
+               JOIN jobs j ON j.seq = d.job_seq
+              WHERE d.date BETWEEN ?2 AND ?3 AND j.owner_uid = ?1
+                AND j.state = 'completed' AND j.finished_seq <= ?4
+              GROUP BY d.job_seq) AS x
          JOIN baseline_columns c ON c.job_seq = x.job_seq
-         WHERE j.state = 'completed' AND j.finished_seq <= ?4
          ORDER BY x.first, x.job_seq",
     )?;
     let rows = stmt.query_map(
@@ -200,32 +208,45 @@ impl JobRun for Export {
             return Ok(None);
         }
         let date = dates::format(self.cursor.next);
-        let mut stmt = conn.prepare_cached(
-            "SELECT r.id >> 32, r.data FROM baseline_records r
-             JOIN jobs j ON j.seq = r.id >> 32
-             WHERE r.owner_uid = ?1 AND r.date = ?2
-               AND j.state = 'completed' AND j.finished_seq <= ?3
-             ORDER BY r.id",
-        )?;
-        let mut rows = stmt.query(params![self.owner_uid, date, self.cursor.snapshot])?;
-        while let Some(row) = rows.next()? {
-            let job_seq: i64 = row.get(0)?;
-            let data: String = row.get(1)?;
-            let values: Vec<String> = serde_json::from_str(&data)
-                .map_err(|e| KindError::Fatal(format!("corrupt baseline record: {e}")))?;
-            let map = self.job_map(conn, job_seq)?.to_vec();
-            for v in self.out.iter_mut() {
-                v.clear();
-            }
-            self.out[0].push_str(&date);
-            for (value, slot) in values.iter().zip(map) {
-                if let Some(i) = slot {
-                    self.out[i].push_str(value);
+        let jobs: Vec<i64> = conn
+            .prepare_cached(
+                "SELECT d.job_seq FROM baseline_days d JOIN jobs j ON j.seq = d.job_seq
+                 WHERE d.date = ?1 AND j.owner_uid = ?2
+                   AND j.state = 'completed' AND j.finished_seq <= ?3
+                 ORDER BY d.job_seq",
+            )?
+            .query_map(params![date, self.owner_uid, self.cursor.snapshot], |r| {
+                r.get(0)
+            })?
+            .collect::<Result<_, _>>()?;
+        for job_seq in jobs {
+            let map = self.job_map(conn, job_seq)?;
+            let mut stmt = conn.prepare_cached(
+                "SELECT r.data FROM baseline_groups g
+                 JOIN baseline_records r ON r.id BETWEEN g.first AND g.last
+                 WHERE g.job_seq = ?1 AND g.date = ?2
+                 ORDER BY g.first, r.id",
+            )?;
+            let mut rows = stmt.query(params![job_seq, date])?;
+            while let Some(row) = rows.next()? {
+                let corrupt = |e: &dyn std::fmt::Display| {
+                    KindError::Fatal(format!("corrupt baseline record: {e}"))
+                };
+                let data = row.get_ref(0)?.as_str().map_err(|e| corrupt(&e))?;
+                let values: Vec<Field<'_>> = serde_json::from_str(data).map_err(|e| corrupt(&e))?;
+                for v in self.out.iter_mut() {
+                    v.clear();
                 }
+                self.out[0].push_str(&date);
+                for (value, slot) in values.iter().zip(map.iter()) {
+                    if let Some(i) = slot {
+                        self.out[*i].push_str(&value.0);
+                    }
+                }
+                self.writer.write_record(&self.out).map_err(|e| {
+                    KindError::Fatal(format!("cannot write {}: {e}", self.path.display()))
+                })?;
             }
-            self.writer.write_record(&self.out).map_err(|e| {
-                KindError::Fatal(format!("cannot write {}: {e}", self.path.display()))
-            })?;
         }
         self.cursor.next += 1;
         Ok(Some(Unit::Applied))

@@ -108,7 +108,7 @@ pub fn open(
     conn: &Connection,
 ) -> Result<Box<dyn JobRun>, KindError> {
     Ok(match kind {
-        JobKind::BaselineCsv => Box::new(baseline::Baseline::open(ctx)?),
+        JobKind::BaselineCsv => Box::new(baseline::Baseline::open(ctx, conn)?),
         JobKind::BulkTeam => Box::new(bulk_team::BulkTeam::open(ctx)?),
         JobKind::CreateExport => Box::new(export::Export::open(ctx, conn)?),
     })

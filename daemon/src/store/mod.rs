@@ -52,7 +52,7 @@ impl Store {
             }),
         };
         let conn = store.conn()?;
-        conn.execute_batch(schema::SCHEMA)?;
+        schema::apply(&conn)?;
         Ok(store)
     }
 

@@ -1,6 +1,9 @@
 //! The SQLite schema. Effects of a job carry the job's `seq` so that one statement
 //! finds (and a terminate removes) everything a job wrote.
 
+use super::StoreError;
+use rusqlite::Connection;
+
 /// Applied at every start; each statement is idempotent.
 pub const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS jobs (
@@ -22,22 +25,31 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_seq INTEGER
 );
 
--- Clustered by what exports read: one user's records of one date, in job and row
--- order. id = (job seq << 32) | data row, so a row applied twice is a constraint
--- violation. `baseline_days` lists the dates each job touched, so that a terminate
--- deletes its records by key ranges instead of scanning.
+-- Baseline records are appended, never inserted in the middle: within a job, each
+-- batch is written sorted by date, and id = (job seq << 32) | the record's ordinal
+-- in its job. So every (batch, date) of a job is one contiguous id range, which
+-- `baseline_groups` lists; exports read a date as those ranges, in job then id
+-- order (= job then row). `row` is the record's data row in the uploaded file.
+-- A batch redone after a crash gets the same ids, so it cannot be applied twice.
 CREATE TABLE IF NOT EXISTS baseline_records (
-    owner_uid INTEGER NOT NULL,
-    date      TEXT    NOT NULL,
-    id        INTEGER NOT NULL,
-    data      TEXT    NOT NULL,
-    PRIMARY KEY (owner_uid, date, id)
-) WITHOUT ROWID;
+    id   INTEGER PRIMARY KEY,
+    row  INTEGER NOT NULL,
+    data TEXT    NOT NULL
+);
 
-CREATE TABLE IF NOT EXISTS baseline_days (
+CREATE TABLE IF NOT EXISTS baseline_groups (
     job_seq INTEGER NOT NULL,
     date    TEXT    NOT NULL,
-    PRIMARY KEY (job_seq, date)
+    first   INTEGER NOT NULL,
+    last    INTEGER NOT NULL,
+    PRIMARY KEY (job_seq, date, first)
+) WITHOUT ROWID;
+
+-- Which jobs hold records of a date, for exports to find them by date.
+CREATE TABLE IF NOT EXISTS baseline_days (
+    date    TEXT    NOT NULL,
+    job_seq INTEGER NOT NULL,
+    PRIMARY KEY (date, job_seq)
 ) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS baseline_columns (
@@ -68,4 +80,86 @@ CREATE TABLE IF NOT EXISTS row_errors (
     message TEXT    NOT NULL,
     PRIMARY KEY (job_seq, row)
 ) WITHOUT ROWID;
+
+-- Completion takes MAX(finished_seq) + 1: without this, a scan of every job.
+CREATE INDEX IF NOT EXISTS jobs_by_finish ON jobs(finished_seq);
+"#;
+
+/// The layout [`SCHEMA`] describes, kept in `PRAGMA user_version`. 0 is a new
+/// database or one from before layouts were numbered; 1 was never used.
+pub const LAYOUT: i64 = 2;
+
+/// Brings the database to [`LAYOUT`]: creates what is missing, and converts a
+/// store of the first layout (baseline records clustered by owner and date).
+pub fn apply(conn: &Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > LAYOUT {
+        return Err(StoreError::Corrupt(format!(
+            "the store has layout {version}, newer than this jobd's {LAYOUT}: \
+             it was written by a later version"
+        )));
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let done = (|| {
+        if version < LAYOUT && has_column(conn, "baseline_records", "owner_uid")? {
+            conn.execute_batch(FROM_LAYOUT_0)?;
+        }
+        conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(&format!("PRAGMA user_version = {LAYOUT}"))?;
+        Ok(())
+    })();
+    match done {
+        Ok(()) => conn.execute_batch("COMMIT").map_err(StoreError::from),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+fn has_column(conn: &Connection, table: &str, column: &str) -> Result<bool, StoreError> {
+    let n: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
+        [table, column],
+        |r| r.get(0),
+    )?;
+    Ok(n > 0)
+}
+
+/// First layout → this one: each job's records get ordinals in (date, row) order,
+/// so that each (job, date) is one id range; ids keep the job's seq on top.
+const FROM_LAYOUT_0: &str = r#"
+ALTER TABLE baseline_records RENAME TO baseline_records_0;
+ALTER TABLE baseline_days RENAME TO baseline_days_0;
+CREATE TABLE baseline_records (
+    id   INTEGER PRIMARY KEY,
+    row  INTEGER NOT NULL,
+    data TEXT    NOT NULL
+);
+CREATE TEMP TABLE renumbered AS
+    SELECT ((id >> 32) << 32)
+             | ROW_NUMBER() OVER (PARTITION BY id >> 32 ORDER BY date, id) AS new_id,
+           id >> 32 AS job_seq, id & 4294967295 AS row, date, data
+    FROM baseline_records_0;
+INSERT INTO baseline_records (id, row, data)
+    SELECT new_id, row, data FROM renumbered ORDER BY new_id;
+CREATE TABLE baseline_groups (
+    job_seq INTEGER NOT NULL,
+    date    TEXT    NOT NULL,
+    first   INTEGER NOT NULL,
+    last    INTEGER NOT NULL,
+    PRIMARY KEY (job_seq, date, first)
+) WITHOUT ROWID;
+INSERT INTO baseline_groups (job_seq, date, first, last)
+    SELECT job_seq, date, MIN(new_id), MAX(new_id) FROM renumbered GROUP BY job_seq, date;
+CREATE TABLE baseline_days (
+    date    TEXT    NOT NULL,
+    job_seq INTEGER NOT NULL,
+    PRIMARY KEY (date, job_seq)
+) WITHOUT ROWID;
+INSERT INTO baseline_days (date, job_seq)
+    SELECT DISTINCT date, job_seq FROM renumbered;
+DROP TABLE renumbered;
+DROP TABLE baseline_records_0;
+DROP TABLE baseline_days_0;
 "#;
