@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 /// Units per transaction at most; a batch also commits once it is this old.
 const BATCH_UNITS: u64 = 50_000;
 const BATCH_AGE: Duration = Duration::from_millis(250);
+/// A batch of this many units has the WAL copied back at once, off this thread;
+/// smaller ones leave it to `wal_autocheckpoint` (see `store::checkpoint`).
+const CHECKPOINT_AFTER: u64 = 1024;
 
 /// A running worker's control line: the flag tells long operations inside a batch
 /// (a kind's `sync`) that a control is waiting, so they give up at once; the
@@ -149,7 +152,9 @@ impl Worker {
                 if due > now {
                     // Never wait inside a transaction: commit what is done first.
                     if !conn.is_autocommit() {
-                        if let Some(c) = self.commit(conn, held, &mut *run, progress, None)? {
+                        if let Some(c) =
+                            self.commit(conn, held, &mut *run, progress, units, None)?
+                        {
                             break Stop::Control(c);
                         }
                     }
@@ -164,7 +169,12 @@ impl Worker {
             }
             if conn.is_autocommit() {
                 *held = Some(self.store.lock_writes());
-                conn.execute_batch("BEGIN IMMEDIATE")?;
+                // Deferred: the transaction reads the WAL from its first statement,
+                // not from now. A kind that writes only at the end of the batch
+                // (baseline) then starts after the checkpoint of the last batch, and
+                // SQLite starts the WAL over instead of letting it grow. No other
+                // writer can slip in between: `held` keeps them out.
+                conn.execute_batch("BEGIN")?;
                 batch_started = Instant::now();
                 units = 0;
             }
@@ -186,7 +196,7 @@ impl Worker {
             units += 1;
             paced_units += 1;
             if units >= BATCH_UNITS || batch_started.elapsed() >= BATCH_AGE {
-                if let Some(c) = self.commit(conn, held, &mut *run, progress, None)? {
+                if let Some(c) = self.commit(conn, held, &mut *run, progress, units, None)? {
                     break Stop::Control(c);
                 }
             }
@@ -201,7 +211,7 @@ impl Worker {
                         .unwrap_or(progress.processed + progress.failed),
                 );
                 let done = Some((JobState::Completed, None));
-                match self.commit(conn, held, &mut *run, progress, done)? {
+                match self.commit(conn, held, &mut *run, progress, units, done)? {
                     Some(c) => c,
                     None => {
                         drop(run);
@@ -212,7 +222,7 @@ impl Worker {
             }
             Stop::TooManyErrors(message) => {
                 let failed = Some((JobState::Failed, Some(message.as_str())));
-                match self.commit(conn, held, &mut *run, progress, failed)? {
+                match self.commit(conn, held, &mut *run, progress, units, failed)? {
                     Some(c) => c,
                     None => {
                         drop(run);
@@ -251,11 +261,12 @@ impl Worker {
         held: &mut Option<WriteLock>,
         run: &mut dyn JobRun,
         progress: Progress,
+        units: u64,
         end: Option<(JobState, Option<&str>)>,
     ) -> Result<Option<Control>, KindError> {
         if conn.is_autocommit() {
             *held = Some(self.store.lock_writes());
-            conn.execute_batch("BEGIN IMMEDIATE")?;
+            conn.execute_batch("BEGIN")?;
         }
         match run.sync(conn, &self.interrupt) {
             // The flag is raised before the control is sent: it is on its way.
@@ -277,6 +288,9 @@ impl Worker {
         }
         conn.execute_batch("COMMIT")?;
         *held = None;
+        if units >= CHECKPOINT_AFTER {
+            self.store.committed_bulk();
+        }
         (self.report)(progress);
         Ok(None)
     }

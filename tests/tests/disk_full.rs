@@ -96,8 +96,8 @@ fn a_job_that_hits_enospc_fails_and_the_daemon_keeps_serving() {
     let Some((mut d, fs)) = on_tmpfs("a_job_that_hits_enospc_fails") else {
         return;
     };
-    // The file fits in the spool; its records do not fit in the store.
-    let f = baseline_of(3, 2_500_000);
+    // The file fits in the spool (8 MiB); its records next to it do not.
+    let f = baseline_of(3, 6_000_000);
     let id = d.upload(&f.bytes(), None);
     let s = d.jobctl(&["wait", &id]);
     let status = d.status_json(&id);

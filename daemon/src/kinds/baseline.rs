@@ -81,9 +81,22 @@ pub struct Baseline {
 
 struct Pending {
     date: [u8; 10],
+    /// The date's digits as one number (YYYYMMDD): sorts as the date does.
+    day: u32,
     row: u64,
     data: Range<usize>,
 }
+
+/// `YYYYMMDD` of a validated `YYYY-MM-DD`.
+fn day_key(date: &[u8; 10]) -> u32 {
+    date.iter()
+        .filter(|b| b.is_ascii_digit())
+        .fold(0, |acc, &b| acc * 10 + u32::from(b - b'0'))
+}
+
+/// Records per INSERT statement: one statement keeps its cursor at the end of the
+/// table across rows, where one per row seeks from the root every time.
+const ROWS_PER_INSERT: usize = 64;
 
 impl Baseline {
     pub fn open(ctx: &JobContext<'_>, conn: &Connection) -> Result<Baseline, KindError> {
@@ -284,6 +297,7 @@ impl JobRun for Baseline {
                 self.arena.push_str(&self.chunk.arena[data.clone()]);
                 self.pending.push(Pending {
                     date: *date,
+                    day: day_key(date),
                     row: self.row,
                     data: start..self.arena.len(),
                 });
@@ -325,30 +339,45 @@ impl JobRun for Baseline {
                 "more than {MAX_RECORDS} records in one upload: split the file"
             )));
         }
-        self.pending.sort_unstable_by_key(|p| (p.date, p.row));
-        let mut insert = conn
-            .prepare_cached("INSERT INTO baseline_records (id, row, data) VALUES (?1, ?2, ?3)")?;
+        // Pending rows are in row order: a stable sort by date gives (date, row).
+        self.pending.sort_by_key(|p| p.day);
+        let base = record_id(self.seq, self.stored);
+        let mut many = conn.prepare_cached(&insert_sql(ROWS_PER_INSERT))?;
+        let mut one = conn.prepare_cached(&insert_sql(1))?;
+        for (n, rows) in self.pending.chunks(ROWS_PER_INSERT).enumerate() {
+            if n % 16 == 15 && interrupt.load(Ordering::Relaxed) {
+                return Err(KindError::Interrupted);
+            }
+            let first = base + 1 + (n * ROWS_PER_INSERT) as i64;
+            let data = |p: &Pending| &self.arena[p.data.clone()];
+            if rows.len() == ROWS_PER_INSERT {
+                for (i, p) in rows.iter().enumerate() {
+                    many.raw_bind_parameter(3 * i + 1, first + i as i64)?;
+                    many.raw_bind_parameter(3 * i + 2, p.row as i64)?;
+                    many.raw_bind_parameter(3 * i + 3, data(p))?;
+                }
+                many.raw_execute()?;
+            } else {
+                for (i, p) in rows.iter().enumerate() {
+                    one.execute(params![first + i as i64, p.row as i64, data(p)])?;
+                }
+            }
+        }
         let mut group = conn.prepare_cached(
             "INSERT INTO baseline_groups (job_seq, date, first, last) VALUES (?1, ?2, ?3, ?4)",
         )?;
         let mut day = conn.prepare_cached(
             "INSERT OR IGNORE INTO baseline_days (date, job_seq) VALUES (?1, ?2)",
         )?;
-        let mut id = record_id(self.seq, self.stored);
-        let mut first = id + 1;
+        let mut first = 0;
         for (i, p) in self.pending.iter().enumerate() {
-            if i % 1024 == 1023 && interrupt.load(Ordering::Relaxed) {
-                return Err(KindError::Interrupted);
-            }
-            id += 1;
-            insert.execute(params![id, p.row as i64, &self.arena[p.data.clone()]])?;
-            let last_of_date = self.pending.get(i + 1).is_none_or(|n| n.date != p.date);
-            if last_of_date {
+            if self.pending.get(i + 1).is_none_or(|n| n.day != p.day) {
                 // Dates were validated as ASCII when the row was read.
                 let date = std::str::from_utf8(&p.date).unwrap_or_default();
-                group.execute(params![self.seq, date, first, id])?;
+                let (lo, hi) = (base + 1 + first as i64, base + 1 + i as i64);
+                group.execute(params![self.seq, date, lo, hi])?;
                 day.execute(params![date, self.seq])?;
-                first = id + 1;
+                first = i + 1;
             }
         }
         self.stored = stored;
@@ -367,6 +396,15 @@ impl Drop for Baseline {
             let _ = reader.join();
         }
     }
+}
+
+/// `INSERT INTO baseline_records` of `rows` rows.
+fn insert_sql(rows: usize) -> String {
+    let mut sql = String::from("INSERT INTO baseline_records (id, row, data) VALUES ");
+    for i in 0..rows {
+        sql.push_str(if i == 0 { "(?,?,?)" } else { ",(?,?,?)" });
+    }
+    sql
 }
 
 /// Records one job may hold: ordinals fill the low 32 bits of a record's id.

@@ -5,6 +5,7 @@
 //! Connections are pooled; a caller takes one, uses it on a blocking thread and gives
 //! it back on drop. The pool's lock is held only to pop or push, never across I/O.
 
+mod checkpoint;
 pub mod jobs;
 mod schema;
 
@@ -34,6 +35,7 @@ struct Inner {
     path: PathBuf,
     pool: Mutex<Vec<Connection>>,
     writes: Arc<tokio::sync::Mutex<()>>,
+    checkpointer: Option<checkpoint::Checkpointer>,
 }
 
 /// Held for the whole of a write transaction. SQLite lets one writer in at a time
@@ -44,16 +46,27 @@ pub type WriteLock = tokio::sync::OwnedMutexGuard<()>;
 impl Store {
     /// Opens (creating if needed) the database and applies the schema.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let store = Store {
+        let conn = open_connection(path)?;
+        schema::apply(&conn)?;
+        // The schema exists before the checkpoint thread opens its connection.
+        let checkpointer = checkpoint::Checkpointer::start(path)
+            .map_err(|e| tracing::warn!(error = %e, "cannot start the checkpoint thread"))
+            .ok();
+        Ok(Store {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
-                pool: Mutex::new(Vec::new()),
+                pool: Mutex::new(vec![conn]),
                 writes: Arc::new(tokio::sync::Mutex::new(())),
+                checkpointer,
             }),
-        };
-        let conn = store.conn()?;
-        schema::apply(&conn)?;
-        Ok(store)
+        })
+    }
+
+    /// Tells the checkpoint thread that a bulk write committed.
+    pub fn committed_bulk(&self) {
+        if let Some(c) = &self.inner.checkpointer {
+            c.nudge();
+        }
     }
 
     /// Waits for this process's turn to write. Call from a blocking thread only.
@@ -75,12 +88,14 @@ impl Store {
     }
 }
 
+/// `wal_autocheckpoint` is 16384 pages (64 MiB): a bound, not the usual way (see
+/// [`checkpoint`]); a WAL that grew past 64 MiB is cut back when it starts over.
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(30))?;
     // FULL: an acknowledged commit survives power loss, not only a crash.
     conn.execute_batch(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF; PRAGMA cache_size=-16384; PRAGMA wal_autocheckpoint=4000;",
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF; PRAGMA cache_size=-16384; PRAGMA wal_autocheckpoint=16384; PRAGMA journal_size_limit=67108864;",
     )?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)

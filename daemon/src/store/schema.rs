@@ -163,3 +163,90 @@ DROP TABLE renumbered;
 DROP TABLE baseline_records_0;
 DROP TABLE baseline_days_0;
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store of the first layout: jobs 1 and 2, rows out of date order.
+    const LAYOUT_0: &str = r#"
+        CREATE TABLE baseline_records (
+            owner_uid INTEGER NOT NULL, date TEXT NOT NULL, id INTEGER NOT NULL,
+            data TEXT NOT NULL, PRIMARY KEY (owner_uid, date, id)) WITHOUT ROWID;
+        CREATE TABLE baseline_days (
+            job_seq INTEGER NOT NULL, date TEXT NOT NULL,
+            PRIMARY KEY (job_seq, date)) WITHOUT ROWID;
+        INSERT INTO baseline_records VALUES
+            (7, '2020-01-02', (1 << 32) | 1, '["a"]'),
+            (7, '2020-01-01', (1 << 32) | 2, '["b"]'),
+            (7, '2020-01-02', (1 << 32) | 4, '["c"]'),
+            (7, '2020-01-01', (2 << 32) | 1, '["d"]');
+        INSERT INTO baseline_days VALUES
+            (1, '2020-01-01'), (1, '2020-01-02'), (2, '2020-01-01');
+    "#;
+
+    #[test]
+    fn a_store_of_the_first_layout_is_converted() {
+        let conn = Connection::open_in_memory().expect("open");
+        conn.execute_batch(LAYOUT_0).expect("old layout");
+        apply(&conn).expect("converted");
+        let records: Vec<(i64, i64, i64, String)> = conn
+            .prepare(
+                "SELECT id >> 32, id & 4294967295, row, data FROM baseline_records ORDER BY id",
+            )
+            .expect("prepare")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        let want = [
+            (1, 1, 2, r#"["b"]"#),
+            (1, 2, 1, r#"["a"]"#),
+            (1, 3, 4, r#"["c"]"#),
+            (2, 1, 1, r#"["d"]"#),
+        ];
+        let want: Vec<_> = want
+            .iter()
+            .map(|&(j, n, row, d)| (j, n, row, d.to_string()))
+            .collect();
+        assert_eq!(records, want);
+        let groups: Vec<(i64, String, i64, i64)> = conn
+            .prepare(
+                "SELECT job_seq, date, first & 4294967295, last & 4294967295
+                 FROM baseline_groups ORDER BY job_seq, date",
+            )
+            .expect("prepare")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        let d = |s: &str| s.to_string();
+        assert_eq!(
+            groups,
+            [
+                (1, d("2020-01-01"), 1, 1),
+                (1, d("2020-01-02"), 2, 3),
+                (2, d("2020-01-01"), 1, 1)
+            ]
+        );
+        let days: i64 = conn
+            .query_row("SELECT COUNT(*) FROM baseline_days", [], |r| r.get(0))
+            .expect("days");
+        assert_eq!(days, 3);
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(version, LAYOUT);
+        // Applying again changes nothing.
+        apply(&conn).expect("idempotent");
+    }
+
+    #[test]
+    fn a_store_from_a_later_version_is_refused() {
+        let conn = Connection::open_in_memory().expect("open");
+        conn.execute_batch("PRAGMA user_version = 99")
+            .expect("version");
+        let e = apply(&conn).expect_err("refused");
+        assert!(e.to_string().contains("newer"), "{e}");
+    }
+}
