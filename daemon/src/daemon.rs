@@ -110,6 +110,7 @@ pub async fn run(
         .context("loading the jobs panicked")?
         .context("cannot load the jobs")?;
     registry.start();
+    tokio::spawn(Arc::clone(registry.activity()).trim_when_quiet(registry.store().clone()));
     let socket = match listener
         .local_addr()
         .ok()

@@ -16,5 +16,6 @@ pub mod shutdown;
 pub mod spool;
 pub mod store;
 pub mod systemd;
+pub mod trim;
 pub mod users;
 pub mod worker;

@@ -13,6 +13,7 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     // Everything jobd creates is private unless it says otherwise (the socket's group).
     umask(Mode::from_bits_truncate(0o077));
+    jobd::trim::limit_arenas();
     let cli = Cli::parse();
     let config = match Config::resolve(&cli) {
         Ok(c) => c,

@@ -8,6 +8,7 @@
 use crate::kinds::{self, Paths};
 use crate::scheduler::Scheduler;
 use crate::store::{self, now_ms, JobRow, NewJob, Store, StoreError, StoredState};
+use crate::trim::Activity;
 use crate::worker::{self, Control, ControlLine, Exit, Progress, Worker};
 use jobd_protocol::{Action, ErrorCode, JobInfo, JobKind, JobState};
 use std::collections::{HashMap, HashSet};
@@ -72,10 +73,15 @@ pub struct Registry {
     max_row_errors: u64,
     /// Signalled whenever a worker ends, for shutdown.
     worker_ended: Notify,
+    /// Running workers count as activity (see [`crate::trim`]).
+    activity: Arc<Activity>,
 }
 
 struct State {
-    jobs: HashMap<String, Entry>,
+    /// Entries are boxed: the table then holds a key and a pointer per slot, and
+    /// its spare capacity (up to half of it after a resize) costs 8 bytes a slot
+    /// instead of a whole entry — most of a paused job's memory otherwise.
+    jobs: HashMap<String, Box<Entry>>,
     /// Ids handed out whose job is not in `jobs` yet.
     reserved: HashSet<String>,
     scheduler: Scheduler,
@@ -185,7 +191,7 @@ impl Registry {
                 worker: None,
                 watch: None,
             };
-            state.jobs.insert(row.id.clone(), entry);
+            state.jobs.insert(row.id.clone(), Box::new(entry));
         }
         // Files a crash left between a job's end and their removal.
         remove_stray_files(&paths.spool_dir, &live_spool);
@@ -196,6 +202,7 @@ impl Registry {
             paths,
             max_row_errors: limits.max_row_errors,
             worker_ended: Notify::new(),
+            activity: Activity::new(),
         }))
     }
 
@@ -210,6 +217,11 @@ impl Registry {
 
     pub fn paths(&self) -> &Paths {
         &self.paths
+    }
+
+    /// What keeps the daemon busy; connections hold it too.
+    pub fn activity(&self) -> &Arc<Activity> {
+        &self.activity
     }
 
     /// Creates a job and queues it. The job exists once this returns.
@@ -261,12 +273,12 @@ impl Registry {
         let info = info_of(&row, JobState::Queued);
         st.jobs.insert(
             id.clone(),
-            Entry {
+            Box::new(Entry {
                 seq: row.seq,
                 info: info.clone(),
                 worker: None,
                 watch: None,
-            },
+            }),
         );
         st.scheduler.enqueue(id);
         self.dispatch(&mut st);
@@ -308,7 +320,9 @@ impl Registry {
                 }),
             };
             let me = Arc::clone(self);
+            let busy = self.activity.busy();
             tokio::spawn(async move {
+                let _busy = busy;
                 let exit = match tokio::task::spawn_blocking(move || w.run()).await {
                     Ok(exit) => exit,
                     Err(e) => Exit::Failed(format!("the worker crashed: {e}")),

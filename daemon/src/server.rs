@@ -99,7 +99,9 @@ pub async fn run(
         match accepted {
             Ok((stream, _)) => {
                 let (ctx, cfg) = (Arc::clone(&ctx), Arc::clone(&cfg));
+                let busy = ctx.registry.activity().busy();
                 tokio::spawn(async move {
+                    let _busy = busy;
                     if let Err(e) = serve(stream, &ctx, &cfg).await {
                         tracing::debug!(error = ?e, "connection ended");
                     }

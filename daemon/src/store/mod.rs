@@ -14,7 +14,7 @@ pub use jobs::{JobRow, NewJob, StoredState};
 use rusqlite::Connection;
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use thiserror::Error;
 
@@ -35,7 +35,9 @@ struct Inner {
     path: PathBuf,
     pool: Mutex<Vec<Connection>>,
     writes: Arc<tokio::sync::Mutex<()>>,
-    checkpointer: Option<checkpoint::Checkpointer>,
+    /// Started at the first bulk commit: never before `--daemon` forks (a thread
+    /// holding a lock across the fork would deadlock the child).
+    checkpointer: OnceLock<Option<checkpoint::Checkpointer>>,
 }
 
 /// Held for the whole of a write transaction. SQLite lets one writer in at a time
@@ -48,23 +50,24 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let conn = open_connection(path)?;
         schema::apply(&conn)?;
-        // The schema exists before the checkpoint thread opens its connection.
-        let checkpointer = checkpoint::Checkpointer::start(path)
-            .map_err(|e| tracing::warn!(error = %e, "cannot start the checkpoint thread"))
-            .ok();
         Ok(Store {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
                 pool: Mutex::new(vec![conn]),
                 writes: Arc::new(tokio::sync::Mutex::new(())),
-                checkpointer,
+                checkpointer: OnceLock::new(),
             }),
         })
     }
 
     /// Tells the checkpoint thread that a bulk write committed.
     pub fn committed_bulk(&self) {
-        if let Some(c) = &self.inner.checkpointer {
+        let checkpointer = self.inner.checkpointer.get_or_init(|| {
+            checkpoint::Checkpointer::start(&self.inner.path)
+                .map_err(|e| tracing::warn!(error = %e, "cannot start the checkpoint thread"))
+                .ok()
+        });
+        if let Some(c) = checkpointer {
             c.nudge();
         }
     }
@@ -72,6 +75,17 @@ impl Store {
     /// Waits for this process's turn to write. Call from a blocking thread only.
     pub fn lock_writes(&self) -> WriteLock {
         Arc::clone(&self.inner.writes).blocking_lock_owned()
+    }
+
+    /// Lets idle pooled connections drop their page caches (each may hold up to
+    /// `cache_size` of pages a burst of work read).
+    pub fn shrink(&self) {
+        let Ok(pool) = self.inner.pool.lock() else {
+            return;
+        };
+        for conn in pool.iter() {
+            let _ = conn.execute_batch("PRAGMA shrink_memory");
+        }
     }
 
     /// A connection from the pool, or a new one.
