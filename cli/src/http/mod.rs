@@ -149,7 +149,7 @@ where
 
 /// Every route; [`fallback::ROUTES`] lists the same ones for the trailing-slash
 /// redirects.
-pub fn router(app: Shared, stats: Arc<log::Stats>) -> Router {
+pub fn router(app: Shared, stats: &'static log::Stats) -> Router {
     Router::new()
         .route(
             "/uploadCSV",
@@ -172,7 +172,7 @@ pub fn router(app: Shared, stats: Arc<log::Stats>) -> Router {
         .route("/healthz", get_only(jobs::healthz))
         .fallback(fallback::fallback)
         .with_state(app)
-        .layer(axum::middleware::from_fn_with_state(stats, log::middleware))
+        .layer(log::LogLayer(stats))
 }
 
 /// Runs the server until SIGINT or SIGTERM, then lets in-flight requests finish
@@ -207,7 +207,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let stats = log::Stats::new(config.log_budget);
-    tokio::spawn(log::summarize(Arc::clone(&stats), shutdown_rx.clone()));
+    tokio::spawn(log::summarize(stats, shutdown_rx.clone()));
     let missing = (!config.no_negative_cache).then(cache::MissingIds::new);
     if let Some(m) = &missing {
         m.start(pool.socket().to_path_buf(), shutdown_rx.clone())
