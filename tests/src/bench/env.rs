@@ -38,6 +38,8 @@ pub struct Sizes {
     pub many_jobs: usize,
     pub restart_jobs: usize,
     pub restart_unfinished: usize,
+    /// Seconds of each wrk run of the http scenario.
+    pub http_secs: f64,
 }
 
 impl Sizes {
@@ -59,6 +61,7 @@ impl Sizes {
             many_jobs: 100_000,
             restart_jobs: 100_000,
             restart_unfinished: 1000,
+            http_secs: 5.0,
         }
     }
 
@@ -80,6 +83,7 @@ impl Sizes {
             many_jobs: 5_000,
             restart_jobs: 5_000,
             restart_unfinished: 100,
+            http_secs: 2.0,
         }
     }
 }
@@ -88,7 +92,9 @@ impl Sizes {
 pub struct Bins {
     pub jobd: PathBuf,
     pub jobctl: PathBuf,
+    pub jobd_http: PathBuf,
     pub sqlite3: Option<PathBuf>,
+    pub wrk: Option<PathBuf>,
 }
 
 /// Everything a scenario needs.

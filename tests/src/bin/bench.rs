@@ -41,7 +41,7 @@ options:
   --unfinished N    unfinished jobs of the restart scenario (default 1000)
   --idle-secs S     idle window of the paused scenario (default 10)
   --no-build        do not run cargo build (use the binaries next to this one)
-  --bin-dir DIR     use jobd and jobctl from DIR (implies --no-build)
+  --bin-dir DIR     use jobd, jobctl and jobd-http from DIR (implies --no-build)
   --tmp DIR         where the temporary directory goes (default $TMPDIR or /tmp)
   --keep            keep the temporary directory
   --markdown        print the table as Markdown too
@@ -213,9 +213,11 @@ fn locate(o: &Opts) -> Result<Bins> {
     let bins = Bins {
         jobd: dir.join("jobd"),
         jobctl: dir.join("jobctl"),
+        jobd_http: dir.join("jobd-http"),
         sqlite3: find_in_path("sqlite3"),
+        wrk: find_in_path("wrk"),
     };
-    for b in [&bins.jobd, &bins.jobctl] {
+    for b in [&bins.jobd, &bins.jobctl, &bins.jobd_http] {
         if !b.is_file() {
             bail!("{} is missing", b.display());
         }

@@ -1,6 +1,7 @@
 //! The scenarios of issue 6. Each returns its lines of the table.
 
 mod control;
+mod http;
 mod ingest;
 mod jobs;
 
@@ -73,6 +74,12 @@ pub const ALL: &[Scenario] = &[
         about: "restart with 100 000 jobs in the store, 1 000 unfinished: exec -> ping",
         big: false,
         run: jobs::restart,
+    },
+    Scenario {
+        name: "http",
+        about: "jobd-http under wrk: GET /updateTask for an unknown id (needs wrk)",
+        big: false,
+        run: http::http,
     },
 ];
 
