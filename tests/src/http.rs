@@ -8,7 +8,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
@@ -37,64 +37,46 @@ pub struct Shim {
 }
 
 impl Shim {
-    /// Starts `jobd-http --listen 127.0.0.1:PORT --socket <daemon's> EXTRA...` on a
-    /// free port and waits until it accepts connections.
+    /// Starts `jobd-http --listen 127.0.0.1:0 --socket <daemon's> EXTRA...` and
+    /// learns its port from its "listening" log line. (Picking a free port first
+    /// and passing it raced with parallel tests: two shims were given the same
+    /// port, and one test talked to the other test's shim.)
     pub fn start(daemon: &Daemon, extra: &[&str]) -> Shim {
         let log_dir = daemon.dir().join("http-logs");
         fs::create_dir_all(&log_dir).expect("log directory");
-        for attempt in 0..5 {
-            let port = free_port();
-            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-            let log = log_dir.join(format!("jobd-http-{port}-{attempt}.log"));
-            let file = File::create(&log).expect("shim log file");
-            let child = Command::new(jobd_http_bin())
-                .env_remove("JOBD_SOCKET")
-                .env_remove("RUST_LOG")
-                .arg("--listen")
-                .arg(addr.to_string())
-                .arg("--socket")
-                .arg(&daemon.socket)
-                .args(extra)
-                .stdin(Stdio::null())
-                .stdout(file.try_clone().expect("log handle"))
-                .stderr(file)
-                .spawn()
-                .expect("spawn jobd-http");
-            let mut shim = Shim {
-                child: Some(child),
-                addr,
-                log,
-            };
-            if shim.wait_listening() {
-                return shim;
-            }
-            // The port was taken in between: try another one.
-            shim.child = None;
-        }
-        panic!("jobd-http could not start on a free port");
-    }
-
-    /// Polls until the port accepts; false if the process exited first.
-    fn wait_listening(&mut self) -> bool {
+        let log = log_dir.join("jobd-http.log");
+        let file = File::create(&log).expect("shim log file");
+        let mut child = Command::new(jobd_http_bin())
+            .env_remove("JOBD_SOCKET")
+            .env_remove("RUST_LOG")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--socket")
+            .arg(&daemon.socket)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log handle"))
+            .stderr(file)
+            .spawn()
+            .expect("spawn jobd-http");
         let deadline = Instant::now() + DEADLINE;
         loop {
-            let child = self.child.as_mut().expect("running");
+            let text = String::from_utf8_lossy(&fs::read(&log).unwrap_or_default()).into_owned();
+            if let Some(addr) = listening_address(&text) {
+                return Shim {
+                    child: Some(child),
+                    addr,
+                    log,
+                };
+            }
             if let Ok(Some(status)) = child.try_wait() {
-                let log = self.logs();
-                assert!(
-                    log.contains("cannot listen"),
-                    "jobd-http exited at start ({status}):\n{log}"
-                );
-                return false;
+                panic!("jobd-http exited at start ({status}):\n{text}");
             }
-            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
-                return true;
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("jobd-http did not listen within {DEADLINE:?}:\n{text}");
             }
-            assert!(
-                Instant::now() < deadline,
-                "jobd-http did not listen within {DEADLINE:?}:\n{}",
-                self.logs()
-            );
             thread::sleep(POLL);
         }
     }
@@ -200,10 +182,18 @@ impl Drop for Shim {
     }
 }
 
-/// A port that was free a moment ago (bound to port 0, then released).
-pub fn free_port() -> u16 {
-    let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind port 0");
-    l.local_addr().expect("local address").port()
+/// The address in the shim's `jobd-http listening listen=ADDR` log line.
+fn listening_address(log: &str) -> Option<SocketAddr> {
+    log.lines()
+        .filter(|l| l.contains("jobd-http listening"))
+        .find_map(|l| {
+            l.split_once("listen=")?
+                .1
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
 }
 
 /// Writes a request head (`Connection: close`; `Content-Length` if given).
