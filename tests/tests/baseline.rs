@@ -202,3 +202,36 @@ fn too_many_row_errors_fail_the_job() {
     let s2 = d2.wait_completed(&id2);
     assert_counts(&s2, 3, 3, Some(6));
 }
+
+/// A long ingest keeps the WAL about one batch long: checkpoints run beside the
+/// worker and SQLite starts the WAL over, instead of the WAL growing to the size
+/// of everything written (it did, before batch transactions were deferred).
+#[test]
+fn a_long_ingest_keeps_the_wal_short() {
+    let d = Daemon::start();
+    let rows = 600_000;
+    let f = gen_baseline(
+        5,
+        &["date", "name", "value", "note"],
+        rows,
+        Date::new(2020, 1, 1),
+        1000,
+    );
+    let id = d.upload(&f.bytes(), None);
+    let s = d.wait_completed(&id);
+    let n = rows as u64;
+    assert_counts(&s, n, 0, Some(n));
+    assert_eq!(store::baseline_count(&d.db(), &id), n);
+    // The WAL file keeps the largest size it reached (below the 64 MiB cut-back).
+    let size = |name: &str| {
+        std::fs::metadata(d.state_dir.join(name))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    };
+    let (db, wal) = (size("jobd.db"), size("jobd.db-wal"));
+    eprintln!("[wal] store {db} bytes, WAL high-water mark {wal} bytes");
+    assert!(
+        wal < db / 2,
+        "the WAL grew to {wal} bytes beside a {db}-byte store"
+    );
+}
