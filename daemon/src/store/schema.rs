@@ -101,10 +101,17 @@ pub fn apply(conn: &Connection) -> Result<(), StoreError> {
     }
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let done = (|| {
-        if version < LAYOUT && has_column(conn, "baseline_records", "owner_uid")? {
-            conn.execute_batch(FROM_LAYOUT_0)?;
+        let from_layout_0 = version < LAYOUT && has_column(conn, "baseline_records", "owner_uid")?;
+        if from_layout_0 {
+            conn.execute_batch(
+                "ALTER TABLE baseline_records RENAME TO baseline_records_0;
+                 ALTER TABLE baseline_days RENAME TO baseline_days_0;",
+            )?;
         }
         conn.execute_batch(SCHEMA)?;
+        if from_layout_0 {
+            conn.execute_batch(FROM_LAYOUT_0)?;
+        }
         conn.execute_batch(&format!("PRAGMA user_version = {LAYOUT}"))?;
         Ok(())
     })();
@@ -126,16 +133,10 @@ fn has_column(conn: &Connection, table: &str, column: &str) -> Result<bool, Stor
     Ok(n > 0)
 }
 
-/// First layout → this one: each job's records get ordinals in (date, row) order,
-/// so that each (job, date) is one id range; ids keep the job's seq on top.
+/// First layout → this one, once [`SCHEMA`] has created the new tables beside the
+/// renamed old ones: each job's records get ordinals in (date, row) order, so that
+/// each (job, date) is one id range; ids keep the job's seq on top.
 const FROM_LAYOUT_0: &str = r#"
-ALTER TABLE baseline_records RENAME TO baseline_records_0;
-ALTER TABLE baseline_days RENAME TO baseline_days_0;
-CREATE TABLE baseline_records (
-    id   INTEGER PRIMARY KEY,
-    row  INTEGER NOT NULL,
-    data TEXT    NOT NULL
-);
 CREATE TEMP TABLE renumbered AS
     SELECT ((id >> 32) << 32)
              | ROW_NUMBER() OVER (PARTITION BY id >> 32 ORDER BY date, id) AS new_id,
@@ -143,20 +144,8 @@ CREATE TEMP TABLE renumbered AS
     FROM baseline_records_0;
 INSERT INTO baseline_records (id, row, data)
     SELECT new_id, row, data FROM renumbered ORDER BY new_id;
-CREATE TABLE baseline_groups (
-    job_seq INTEGER NOT NULL,
-    date    TEXT    NOT NULL,
-    first   INTEGER NOT NULL,
-    last    INTEGER NOT NULL,
-    PRIMARY KEY (job_seq, date, first)
-) WITHOUT ROWID;
 INSERT INTO baseline_groups (job_seq, date, first, last)
     SELECT job_seq, date, MIN(new_id), MAX(new_id) FROM renumbered GROUP BY job_seq, date;
-CREATE TABLE baseline_days (
-    date    TEXT    NOT NULL,
-    job_seq INTEGER NOT NULL,
-    PRIMARY KEY (date, job_seq)
-) WITHOUT ROWID;
 INSERT INTO baseline_days (date, job_seq)
     SELECT DISTINCT date, job_seq FROM renumbered;
 DROP TABLE renumbered;
