@@ -10,7 +10,7 @@
 use crate::daemon::is_finished;
 use crate::{Daemon, Rng, DEADLINE, POLL};
 use jobd_protocol::frame::{decode, encode};
-use jobd_protocol::{ErrorCode, Request, Response, PROTOCOL_VERSION};
+use jobd_protocol::{ErrorCode, Request, Response, UploadKind, PROTOCOL_VERSION};
 use rusqlite::params;
 use serde_json::Value;
 use std::fs;
@@ -410,6 +410,16 @@ impl Wire {
             Received::Frame(Response::Welcome { .. }) => w,
             other => panic!("expected Welcome, got {other:?}"),
         }
+    }
+
+    /// Connects, completes the handshake and starts an upload of `kind`: the
+    /// daemon has answered `Ready` and waits for chunks.
+    pub fn start_upload(d: &Daemon, kind: UploadKind) -> Wire {
+        let mut w = Wire::hello(d);
+        w.send(&Request::SubmitUpload { kind, rate: None })
+            .expect("send SubmitUpload");
+        assert_eq!(w.recv(), Received::Frame(Response::Ready));
+        w
     }
 
     pub fn read_timeout(&self, t: Duration) {

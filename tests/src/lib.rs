@@ -39,6 +39,21 @@ pub use data::{
 use std::time::Duration;
 
 /// Default deadline for a job to reach a state in a test.
+/// The keys of a job as `jobctl status --json` (and `GET /jobs/{id}`) show it.
+pub const STATUS_KEYS: &[&str] = &[
+    "id",
+    "kind",
+    "state",
+    "owner",
+    "processed",
+    "failed",
+    "total",
+    "created_at",
+    "updated_at",
+    "error",
+    "rate",
+];
+
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
 /// Interval between two polls of a job's status.

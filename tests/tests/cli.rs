@@ -7,20 +7,6 @@ use std::os::unix::net::UnixListener;
 use std::process::Command;
 use std::time::Duration;
 
-const KEYS: &[&str] = &[
-    "id",
-    "kind",
-    "state",
-    "owner",
-    "processed",
-    "failed",
-    "total",
-    "created_at",
-    "updated_at",
-    "error",
-    "rate",
-];
-
 fn jobctl_at(socket: &std::path::Path, args: &[&str]) -> Out {
     let mut cmd = Command::new(&bins().jobctl);
     cmd.env_remove("JOBD_SOCKET")
@@ -171,7 +157,7 @@ fn status_json_is_an_object_for_one_id_and_an_array_otherwise() {
 
     let s = d.jobctl(&["--json", "status", &a]).ok().json();
     assert!(s.is_object(), "status ID --json: {s}");
-    for k in KEYS {
+    for k in STATUS_KEYS {
         assert!(s.get(k).is_some(), "key {k} missing from {s}");
     }
     assert_eq!(s["id"], a.as_str());
@@ -201,7 +187,7 @@ fn status_json_is_an_object_for_one_id_and_an_array_otherwise() {
         .unwrap_or_else(|| panic!("status ID ID --json: {two}"));
     assert_eq!(arr.len(), 2, "{two}");
     for j in arr {
-        for k in KEYS {
+        for k in STATUS_KEYS {
             assert!(j.get(k).is_some(), "key {k} missing from {j}");
         }
     }

@@ -729,13 +729,7 @@ fn client_killed_mid_upload_leaves_no_job_and_no_spool_file() {
     });
     no_jobs_and_no_spool(&d);
     // A chunk frame cut in its middle, then the connection closed.
-    let mut w = Wire::hello(&d);
-    w.send(&Request::SubmitUpload {
-        kind: UploadKind::BaselineCsv,
-        rate: None,
-    })
-    .expect("submit");
-    assert_eq!(w.recv(), Received::Frame(Response::Ready));
+    let mut w = Wire::start_upload(&d, UploadKind::BaselineCsv);
     let frame = jobd_protocol::frame::encode(&Request::Chunk {
         data: csv_about("upload", 50_000),
     })

@@ -530,13 +530,7 @@ fn an_upload_over_the_size_limit_is_refused_midstream() {
     let out = d.jobctl_stdin(&["upload", "-"], text.as_bytes());
     out.refused("upload_incomplete");
     // Raw: the refusal comes in the middle of the chunks, then the close.
-    let mut w = Wire::hello(&d);
-    w.send(&Request::SubmitUpload {
-        kind: UploadKind::BaselineCsv,
-        rate: None,
-    })
-    .expect("submit");
-    assert_eq!(w.recv(), Received::Frame(Response::Ready));
+    let mut w = Wire::start_upload(&d, UploadKind::BaselineCsv);
     for c in text.as_bytes().chunks(60_000).take(2) {
         w.send(&Request::Chunk { data: c.to_vec() }).expect("chunk");
     }

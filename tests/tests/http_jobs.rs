@@ -46,19 +46,7 @@ fn jobs_and_job_status_match_jobctl() {
     for id in [&a, &b] {
         let via_http = get_json(&shim, &format!("/jobs/{id}"));
         assert_eq!(via_http, d.status_json(id));
-        for key in [
-            "id",
-            "kind",
-            "state",
-            "owner",
-            "processed",
-            "failed",
-            "total",
-            "created_at",
-            "updated_at",
-            "error",
-            "rate",
-        ] {
+        for key in STATUS_KEYS {
             assert!(via_http.get(key).is_some(), "no {key} in {via_http}");
         }
         assert!(via_http["created_at"].as_str().unwrap().ends_with('Z'));
