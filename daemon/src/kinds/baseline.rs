@@ -80,7 +80,6 @@ pub struct Baseline {
 }
 
 struct Pending {
-    date: [u8; 10],
     /// The date's digits as one number (YYYYMMDD): sorts as the date does.
     day: u32,
     row: u64,
@@ -296,7 +295,6 @@ impl JobRun for Baseline {
                 let start = self.arena.len();
                 self.arena.push_str(&self.chunk.arena[data.clone()]);
                 self.pending.push(Pending {
-                    date: *date,
                     day: day_key(date),
                     row: self.row,
                     data: start..self.arena.len(),
@@ -372,8 +370,12 @@ impl JobRun for Baseline {
         let mut first = 0;
         for (i, p) in self.pending.iter().enumerate() {
             if self.pending.get(i + 1).is_none_or(|n| n.day != p.day) {
-                // Dates were validated as ASCII when the row was read.
-                let date = std::str::from_utf8(&p.date).unwrap_or_default();
+                let date = format!(
+                    "{:04}-{:02}-{:02}",
+                    p.day / 10_000,
+                    p.day / 100 % 100,
+                    p.day % 100
+                );
                 let (lo, hi) = (base + 1 + first as i64, base + 1 + i as i64);
                 group.execute(params![self.seq, date, lo, hi])?;
                 day.execute(params![date, self.seq])?;
