@@ -3,11 +3,12 @@
 //! streaming uploads (memory bound, client dropping mid-upload); a daemon restart
 //! under the running shim; graceful shutdown and bounded logging.
 
+use jobd_tests::http::read_response;
 use jobd_tests::http::{write_head, HttpResponse, Multipart, Shim, SseStream};
 use jobd_tests::*;
 use nix::sys::signal::Signal;
 use serde_json::Value;
-use std::io::{BufReader, Write};
+use std::io::{BufReader, Read, Write};
 use std::time::Instant;
 
 const JSON: &str = "application/json; charset=utf-8";
@@ -798,5 +799,86 @@ fn connections_closed_by_the_daemons_idle_timeout_are_replaced() {
             since,
         );
         shim.get(&format!("/jobs/{id}")).json();
+    }
+}
+
+/// `GET /updateTask` on a plain HTTP/1.1 connection is answered by the shim's
+/// fast path, and anything else by the framework, which then keeps the
+/// connection. Both answer alike, in order, on one connection.
+#[test]
+fn keep_alive_connections_mix_fast_and_framework_answers() {
+    let d = Daemon::start();
+    let shim = Shim::start(&d, &[]);
+    let live = slow_export(&shim, 20);
+    wait_http(&shim, &live, "running", |s| state_is(s, "running"));
+
+    // Pipelined on one connection: two for the fast path, one for the framework,
+    // two more after it (the framework's now), the last one closing.
+    let head =
+        |target: &str, extra: &str| format!("GET {target} HTTP/1.1\r\nHost: a\r\n{extra}\r\n");
+    let sent = [
+        head("/updateTask?id=nope&action=stop", ""),
+        head(&format!("/updateTask?id={live}&action=stop"), ""),
+        head(&format!("/jobs/{live}"), ""),
+        head(&format!("/updateTask?id={live}&action=start"), ""),
+        head("/updateTask?id=&action=stop", "Connection: close\r\n"),
+    ]
+    .concat();
+    let mut s = shim.connect();
+    s.write_all(sent.as_bytes()).expect("send");
+    let mut r = BufReader::new(s);
+    let said = |word: &str| format!("{{\"status\":\"Job {live} {word}.\"}}");
+    read_response(&mut r, "GET").expect_error(404, "id_doesn't_exist");
+    read_response(&mut r, "GET").expect_json(200, &said("stopped"));
+    let job = read_response(&mut r, "GET");
+    assert_eq!(
+        (job.status, &job.json()["state"]),
+        (200, &Value::from("paused")),
+        "{job}"
+    );
+    read_response(&mut r, "GET").expect_json(200, &said("started"));
+    let last = read_response(&mut r, "GET");
+    last.expect_error(400, "invalid_id");
+    assert_eq!(last.header("connection"), Some("close"), "{last}");
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest)
+        .expect("the shim closes the connection");
+    assert!(rest.is_empty(), "more after the closing answer: {rest:?}");
+
+    // The same request, fast (HTTP/1.1) and through the framework (HTTP/1.0, or a
+    // head too long for the fast path): the same answer.
+    let pad = "x".repeat(20 * 1024);
+    for query in [
+        "id=nope&action=stop",
+        "id=Jon-Doe-bulkTeam-1-1&action=stop",
+        "id=nope&action=bogus",
+        "id=%20%09%20&action=stop",
+        "action=bogus",
+        "",
+        &format!("id={live}&action=pause"),
+    ] {
+        let target = format!("/updateTask?{query}");
+        let mut answers = Vec::new();
+        for (version, extra) in [
+            ("HTTP/1.1", String::new()),
+            ("HTTP/1.0", String::new()),
+            ("HTTP/1.1", format!("X-Pad: {pad}\r\n")),
+        ] {
+            let mut s = shim.connect();
+            let req =
+                format!("GET {target} {version}\r\nHost: a\r\nConnection: close\r\n{extra}\r\n");
+            s.write_all(req.as_bytes()).expect("send");
+            let resp = read_response(&mut BufReader::new(s), "GET");
+            answers.push((
+                resp.status,
+                resp.header("content-type").map(str::to_string),
+                resp.text(),
+            ));
+        }
+        assert!(
+            answers.iter().all(|a| *a == answers[0]),
+            "{target}: {answers:?}"
+        );
+        assert_eq!(answers[0].1.as_deref(), Some(JSON), "{target}");
     }
 }

@@ -53,11 +53,13 @@ impl Stats {
     /// Takes one of this second's line slots, if any is left. Past the budget
     /// this is a plain load: requests then share no written cache line but the
     /// counters'.
-    fn take_line(&self) -> bool {
+    pub fn take_line(&self) -> bool {
         self.logged.load(Relaxed) < self.budget && self.logged.fetch_add(1, Relaxed) < self.budget
     }
 
-    fn record(&self, status: StatusCode, took: Duration, line: Option<&(Method, Uri)>) {
+    /// Counts a request answered with `status` after `took`; writes its line
+    /// (method, path) if it holds one of [`Stats::take_line`]'s slots.
+    pub fn record(&self, status: StatusCode, took: Duration, line: Option<(&str, &str)>) {
         let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
         self.classes[class].fetch_add(1, Relaxed);
@@ -65,11 +67,10 @@ impl Stats {
         if us > self.max_us.load(Relaxed) {
             self.max_us.fetch_max(us, Relaxed);
         }
-        if let Some((method, uri)) = line {
+        if let Some((method, path)) = line {
             tracing::info!(
                 target: "jobd_http::request",
-                "{method} {} {} {:.3}ms",
-                uri.path(),
+                "{method} {path} {} {:.3}ms",
                 status.as_u16(),
                 us as f64 / 1000.0
             );
@@ -170,8 +171,8 @@ where
         let this = self.project();
         let out = std::task::ready!(this.inner.poll(cx));
         if let Ok(resp) = &out {
-            this.stats
-                .record(resp.status(), this.start.elapsed(), this.line.as_ref());
+            let line = this.line.as_ref().map(|(m, u)| (m.as_str(), u.path()));
+            this.stats.record(resp.status(), this.start.elapsed(), line);
         }
         Poll::Ready(out)
     }

@@ -5,19 +5,24 @@
 //! user it runs as. Legacy routes (`/uploadCSV`, `/createBulkTeam`, `/exportData`,
 //! `/updateTask`) answer byte for byte as the old Go/Gin service did; the read
 //! routes are described in `docs/openapi.yaml`. One file per concept: the router
-//! and server here, one file per legacy route, [`jobs`] and [`sse`] for the read
-//! routes, [`pool`] for the daemon connections, [`cache`] for ids known never to
-//! exist, [`multipart`] for streaming uploads, [`log`] for request logging.
+//! and start-up here, [`serve`] for connections, [`fast_path`] for `GET
+//! /updateTask` without the framework, one file per legacy route, [`jobs`] and
+//! [`sse`] for the read routes, [`pool`] for the daemon connections, [`cache`] for
+//! ids known never to exist, [`multipart`] for streaming uploads, [`log`] for
+//! request logging.
 
 mod cache;
 mod export;
 mod fallback;
+mod fast_path;
 mod jobs;
 pub mod log;
 mod multipart;
 mod pool;
 mod query;
 mod reply;
+mod rewind;
+mod serve;
 mod sse;
 mod update_task;
 mod upload;
@@ -29,7 +34,6 @@ use axum::handler::Handler;
 use axum::http::{StatusCode, Uri};
 use axum::response::Response;
 use axum::routing::{get, post, MethodRouter};
-use axum::serve::ListenerExt;
 use axum::Router;
 use clap::Parser;
 use jobd_protocol::JobInfo;
@@ -219,28 +223,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         missing,
         shutdown: shutdown_rx.clone(),
     });
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     tracing::info!(listen = %addr, "jobd-http listening");
 
-    let signalled = async move {
-        let which = tokio::select! {
-            _ = sigterm.recv() => "SIGTERM",
-            _ = sigint.recv() => "SIGINT",
-        };
-        tracing::info!("{which} received: finishing in-flight requests");
-        let _ = shutdown_tx.send(true);
+    let server = serve::serve(listener, Arc::clone(&app), router(app, stats), stats);
+    tokio::pin!(server);
+    let which = tokio::select! {
+        () = &mut server => return Ok(()),
+        _ = sigterm.recv() => "SIGTERM",
+        _ = sigint.recv() => "SIGINT",
     };
-    let server = axum::serve(listener, router(app, stats)).with_graceful_shutdown(signalled);
-    let mut down = shutdown_rx;
-    let grace = async move {
-        let _ = down.wait_for(|d| *d).await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-    };
-    tokio::select! {
-        r = server => r.context("server failed")?,
-        _ = grace => tracing::warn!("requests still running after {SHUTDOWN_GRACE:?}; exiting"),
+    tracing::info!("{which} received: finishing in-flight requests");
+    let _ = shutdown_tx.send(true);
+    if tokio::time::timeout(SHUTDOWN_GRACE, server).await.is_err() {
+        tracing::warn!("requests still running after {SHUTDOWN_GRACE:?}; exiting");
     }
     tracing::info!("jobd-http stopped");
     Ok(())

@@ -50,7 +50,8 @@ pub fn error(status: StatusCode, code: &str) -> Response {
     json(status, error_body(code))
 }
 
-fn error_body(code: &str) -> Bytes {
+/// `{"errorType":"<code>"}`.
+pub fn error_body(code: &str) -> Bytes {
     macro_rules! known {
         ($($code:literal),* $(,)?) => {
             match code {
@@ -153,22 +154,21 @@ pub fn daemon_error(routes: Routes, code: ErrorCode) -> (StatusCode, &'static st
 
 /// The answer to a failed conversation with the daemon.
 pub fn client_error(routes: Routes, e: &ClientError) -> Response {
-    match e {
-        ClientError::Daemon { code, .. } => {
-            let (status, code) = daemon_error(routes, *code);
-            error(status, code)
-        }
-        e if e.is_unavailable() => unavailable(),
-        e => {
-            tracing::warn!(error = %e, "unexpected conversation with the daemon");
-            error(StatusCode::BAD_GATEWAY, ErrorCode::Internal.as_str())
-        }
-    }
+    let (status, body) = client_error_parts(routes, e);
+    json(status, body)
 }
 
-/// 503 `{"errorType":"daemon_unavailable"}`.
-pub fn unavailable() -> Response {
-    error(StatusCode::SERVICE_UNAVAILABLE, DAEMON_UNAVAILABLE)
+/// The status and JSON body of [`client_error`].
+pub fn client_error_parts(routes: Routes, e: &ClientError) -> (StatusCode, Bytes) {
+    let (status, code) = match e {
+        ClientError::Daemon { code, .. } => daemon_error(routes, *code),
+        e if e.is_unavailable() => (StatusCode::SERVICE_UNAVAILABLE, DAEMON_UNAVAILABLE),
+        e => {
+            tracing::warn!(error = %e, "unexpected conversation with the daemon");
+            (StatusCode::BAD_GATEWAY, ErrorCode::Internal.as_str())
+        }
+    };
+    (status, error_body(code))
 }
 
 #[cfg(test)]

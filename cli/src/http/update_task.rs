@@ -5,10 +5,14 @@
 //! (`id_doesn't_exist`), then the action (`invalid_action`). A finished job answers
 //! 404 `id_doesn't_exist` here, as the original did. Ids the daemon said can
 //! never exist are answered without asking it again (see [`super::cache`]).
+//!
+//! [`answer`] is shared by the router's handler and by [`super::fast_path`],
+//! which serves this route on plain keep-alive connections without the framework.
 
 use super::reply::{self, Routes};
-use super::{query, Shared};
+use super::{query, App, Shared};
 use crate::jobctl::render::control_line;
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::response::Response;
@@ -16,22 +20,30 @@ use jobd_protocol::ErrorCode;
 use std::time::SystemTime;
 
 pub async fn update_task(State(app): State<Shared>, uri: Uri) -> Response {
-    let q = uri.query();
+    let (status, body) = answer(&app, uri.query()).await;
+    reply::json(status, body)
+}
+
+/// The status and JSON body answering the raw query `q`.
+pub async fn answer(app: &App, q: Option<&str>) -> (StatusCode, Bytes) {
     let id = query::first(q, "id").unwrap_or_default();
     let id = id.trim();
     if id.is_empty() {
-        return reply::error(StatusCode::BAD_REQUEST, "invalid_id");
+        return (StatusCode::BAD_REQUEST, reply::error_body("invalid_id"));
     }
     let action = query::first(q, "action").unwrap_or_default();
     let action = action.trim();
     let cache = app.missing.as_deref();
     if cache.is_some_and(|c| c.is_missing(id)) {
-        return reply::error(StatusCode::NOT_FOUND, ErrorCode::IdDoesntExist.as_str());
+        return (
+            StatusCode::NOT_FOUND,
+            reply::error_body(ErrorCode::IdDoesntExist.as_str()),
+        );
     }
     let generation = cache.map(|c| c.generation());
     let asked_at = SystemTime::now();
     match app.pool.control(id, action).await {
-        Ok(info) => reply::json(
+        Ok(info) => (
             StatusCode::OK,
             reply::one_field("status", &control_line(&info, action)),
         ),
@@ -41,7 +53,7 @@ pub async fn update_task(State(app): State<Shared>, uri: Uri) -> Response {
                     cache.remember(id, g, asked_at);
                 }
             }
-            reply::client_error(Routes::Legacy, &e)
+            reply::client_error_parts(Routes::Legacy, &e)
         }
     }
 }
