@@ -95,6 +95,8 @@ pub struct Bins {
     pub jobd_http: PathBuf,
     pub sqlite3: Option<PathBuf>,
     pub wrk: Option<PathBuf>,
+    /// Builds the Gin reference of the `http` scenario (with Debian's Gin sources).
+    pub go: Option<PathBuf>,
 }
 
 /// Everything a scenario needs.

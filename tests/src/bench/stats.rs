@@ -18,6 +18,7 @@ pub enum Target {
     AtMost(f64),
     AtLeast(f64),
     RatioAtMost(f64),
+    RatioAtLeast(f64),
 }
 
 /// One line of the table: one value per run, and optionally a reference per run.
@@ -86,6 +87,7 @@ impl Measure {
             Target::AtMost(t) => self.median()? <= t,
             Target::AtLeast(t) => self.median()? >= t,
             Target::RatioAtMost(t) => self.ratio()? <= t,
+            Target::RatioAtLeast(t) => self.ratio()? >= t,
         })
     }
 
@@ -95,6 +97,7 @@ impl Measure {
             Some(Target::AtMost(t)) => format!("≤ {}", fmt_value(self.unit, t)),
             Some(Target::AtLeast(t)) => format!("≥ {}", fmt_value(self.unit, t)),
             Some(Target::RatioAtMost(t)) => format!("ratio ≤ {t}"),
+            Some(Target::RatioAtLeast(t)) => format!("ratio ≥ {t}"),
         }
     }
 }

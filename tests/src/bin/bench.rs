@@ -216,6 +216,7 @@ fn locate(o: &Opts) -> Result<Bins> {
         jobd_http: dir.join("jobd-http"),
         sqlite3: find_in_path("sqlite3"),
         wrk: find_in_path("wrk"),
+        go: find_in_path("go"),
     };
     for b in [&bins.jobd, &bins.jobctl, &bins.jobd_http] {
         if !b.is_file() {

@@ -1,17 +1,19 @@
 //! `jobd-http` under `wrk`: `GET /updateTask` for an unknown id (issue 3 compares
 //! it with the old service, ~70 000 requests per second on this kind of machine),
-//! with two references from the same shim in the same run: the static 404 of an
-//! unknown route (the HTTP stack alone, no lookup) and an id that must go to the
-//! daemon (a socket round trip per request).
+//! with references from the same run: the shim's own static 404 of an unknown
+//! route (its HTTP stack alone, no lookup), an id that must go to the daemon (a
+//! socket round trip per request), and, where Go and Debian's Gin sources are
+//! installed, the old service's route on Gin (`tests/ref/gin`), with and
+//! without Gin's request logger.
 
 use super::progress;
-use crate::bench::env::{Env, Jobd};
+use crate::bench::env::Env;
 use crate::bench::procfs::cpu_time;
 use crate::bench::stats::{secs, Measure, Target, Unit};
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -20,12 +22,29 @@ const H: &str = "http";
 /// wrk's shape in issue 3: 32 keep-alive connections (two threads).
 const CONNECTIONS: u32 = 32;
 
+/// Where Debian's golang-github-gin-gonic-gin-dev puts Gin (a GOPATH).
+const GOPATH: &str = "/usr/share/gocode";
+
+const UNKNOWN: &str = "/updateTask?id=nope&action=stop";
+
 pub fn http(env: &Env) -> Result<Vec<Measure>> {
     let Some(wrk) = env.bins.wrk.clone() else {
         bail!("wrk is not installed (apt-get install wrk)");
     };
     let d = env.daemon(H, &[])?;
-    let shim = Shim::start(&env.bins.jobd_http, &d)?;
+    let mut shim_cmd = Command::new(&env.bins.jobd_http);
+    shim_cmd
+        .arg("--socket")
+        .arg(&d.socket)
+        .env("RUST_LOG", "warn");
+    let shim = Server::start(shim_cmd, "--listen", "/healthz", "HTTP/1.1 200")?;
+    let gin = match build_gin(env) {
+        Ok(bin) => Some((start_gin(&bin, &[])?, start_gin(&bin, &["-nolog"])?)),
+        Err(e) => {
+            progress(H, format!("no Gin reference: {e:#}"));
+            None
+        }
+    };
     let secs_each = env.sizes.http_secs;
     let mut unknown = Measure::new(
         H,
@@ -40,6 +59,18 @@ pub fn http(env: &Env) -> Result<Vec<Measure>> {
         Unit::PerSecond,
         None,
     );
+    let mut vs_gin = Measure::new(
+        H,
+        "GET /updateTask unknown id (ref Gin, same route, no logger)",
+        Unit::PerSecond,
+        Some(Target::RatioAtLeast(1.0)),
+    );
+    let mut gin_logged = Measure::new(
+        H,
+        "  Gin with its request logger, as the old service ran (info)",
+        Unit::PerSecond,
+        None,
+    );
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -47,11 +78,7 @@ pub fn http(env: &Env) -> Result<Vec<Measure>> {
     let base = format!("http://{}", shim.addr);
     for run in 0..env.sizes.runs {
         let c0 = cpu_time(shim.pid())?;
-        let (rate, requests) = run_wrk(
-            &wrk,
-            &format!("{base}/updateTask?id=nope&action=stop"),
-            secs_each,
-        )?;
+        let (rate, requests) = run_wrk(&wrk, &format!("{base}{UNKNOWN}"), secs_each)?;
         let c1 = cpu_time(shim.pid())?;
         let (floor, _) = run_wrk(&wrk, &format!("{base}/nothere"), secs_each)?;
         // Shaped like an id of this very second: never remembered as missing.
@@ -61,22 +88,74 @@ pub fn http(env: &Env) -> Result<Vec<Measure>> {
             secs_each,
         )?;
         let per_req = secs(c1.saturating_sub(c0)) / requests.max(1) as f64;
-        progress(
-            H,
-            format!(
-                "run {}/{}: unknown id {rate:.0} req/s ({:.1} µs CPU/req), static 404 {floor:.0} req/s, daemon round trip {asked:.0} req/s",
-                run + 1,
-                env.sizes.runs,
-                per_req * 1e6
-            ),
+        let mut line = format!(
+            "run {}/{}: unknown id {rate:.0} req/s ({:.1} µs CPU/req), static 404 {floor:.0} req/s, daemon round trip {asked:.0} req/s",
+            run + 1,
+            env.sizes.runs,
+            per_req * 1e6
         );
         unknown.push_with_ref(rate, floor);
         cpu.push(per_req);
         daemon.push(asked);
+        if let Some((logged, bare)) = &gin {
+            let (g, _) = run_wrk(&wrk, &format!("http://{}{UNKNOWN}", bare.addr), secs_each)?;
+            let (gl, _) = run_wrk(&wrk, &format!("http://{}{UNKNOWN}", logged.addr), secs_each)?;
+            line.push_str(&format!(", Gin {g:.0} req/s ({gl:.0} with its logger)"));
+            vs_gin.push_with_ref(rate, g);
+            gin_logged.push(gl);
+        }
+        progress(H, line);
     }
     drop(shim);
+    drop(gin);
     drop(d);
-    Ok(vec![unknown, cpu, daemon])
+    let mut measures = vec![unknown, cpu, daemon];
+    if !vs_gin.samples.is_empty() {
+        measures.extend([vs_gin, gin_logged]);
+    }
+    Ok(measures)
+}
+
+/// Builds `tests/ref/gin` with Debian's Go and Gin (GOPATH mode, nothing
+/// downloaded) into the bench's directory.
+fn build_gin(env: &Env) -> Result<PathBuf> {
+    let go = env.bins.go.as_ref().ok_or_else(|| {
+        anyhow!("go is not installed (apt-get install golang-go golang-github-gin-gonic-gin-dev)")
+    })?;
+    if !Path::new(GOPATH)
+        .join("src/github.com/gin-gonic/gin")
+        .is_dir()
+    {
+        bail!("Gin's sources are not installed (apt-get install golang-github-gin-gonic-gin-dev)");
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("ref/gin/main.go");
+    let out = env.root.join("gin-ref");
+    let built = Command::new(go)
+        .arg("build")
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .env("GOPATH", GOPATH)
+        .env("GO111MODULE", "off")
+        .env("GOFLAGS", "")
+        .env("GOCACHE", env.root.join("go-cache"))
+        .output()
+        .with_context(|| format!("run {}", go.display()))?;
+    if !built.status.success() {
+        bail!(
+            "go build {} failed: {}",
+            src.display(),
+            String::from_utf8_lossy(&built.stderr)
+        );
+    }
+    Ok(out)
+}
+
+/// The Gin reference, built by [`build_gin`], with `args`.
+fn start_gin(bin: &Path, args: &[&str]) -> Result<Server> {
+    let mut cmd = Command::new(bin);
+    cmd.args(args);
+    Server::start(cmd, "-listen", "/updateTask?id=probe", "HTTP/1.1 404")
 }
 
 /// `wrk -t2 -c32 -dS URL`: requests per second and the number of requests.
@@ -112,53 +191,56 @@ fn run_wrk(wrk: &Path, url: &str, secs: f64) -> Result<(f64, u64)> {
     Ok((rate, requests))
 }
 
-/// A `jobd-http` on a free local port, killed on drop.
-struct Shim {
+/// A server on a free local port, killed on drop.
+struct Server {
     child: Child,
     addr: String,
 }
 
-impl Shim {
-    fn start(bin: &Path, d: &Jobd) -> Result<Shim> {
+impl Server {
+    /// Starts `cmd` with `listen_flag ADDR` and waits until `GET probe` answers
+    /// with a status line starting `expect`.
+    fn start(mut cmd: Command, listen_flag: &str, probe: &str, expect: &str) -> Result<Server> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let addr = format!("127.0.0.1:{port}");
-        let child = Command::new(bin)
-            .args(["--listen", &addr, "--socket"])
-            .arg(&d.socket)
-            .env("RUST_LOG", "warn")
+        let child = cmd
+            .args([listen_flag, &addr])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .with_context(|| format!("start {}", bin.display()))?;
-        let shim = Shim { child, addr };
+            .with_context(|| format!("start {}", cmd.get_program().to_string_lossy()))?;
+        let server = Server { child, addr };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !shim.healthy() {
+        while !server.answers(probe, expect) {
             if Instant::now() > deadline {
-                bail!("jobd-http did not answer /healthz within 30 s");
+                bail!(
+                    "{} did not answer GET {probe} within 30 s",
+                    cmd.get_program().to_string_lossy()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(shim)
+        Ok(server)
     }
 
     fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    fn healthy(&self) -> bool {
+    fn answers(&self, probe: &str, expect: &str) -> bool {
         let Ok(mut s) = TcpStream::connect(&self.addr) else {
             return false;
         };
-        let req = "GET /healthz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
+        let req = format!("GET {probe} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n");
         let mut reply = String::new();
         s.write_all(req.as_bytes()).is_ok()
             && s.read_to_string(&mut reply).is_ok()
-            && reply.starts_with("HTTP/1.1 200")
+            && reply.starts_with(expect)
     }
 }
 
-impl Drop for Shim {
+impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
