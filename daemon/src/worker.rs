@@ -18,6 +18,14 @@ use std::time::{Duration, Instant};
 /// Units per transaction at most; a batch also commits once it is this old.
 const BATCH_UNITS: u64 = 50_000;
 const BATCH_AGE: Duration = Duration::from_millis(250);
+/// A worker's first batch commits once it is this old, and each next one may grow
+/// twice as old, up to [`BATCH_AGE`]. A control rolls back the open batch, so a
+/// job stopped less than [`BATCH_AGE`] after every start would otherwise never
+/// commit; this way it advances whenever it runs longer than this between
+/// controls, for a few extra commits per worker. Not shorter: a stop that lands
+/// on a commit waits for its fsync, and storms of stops a few ms apart should stay
+/// fast (they make no progress, as a stop takes effect at the last commit).
+const FIRST_BATCH_AGE: Duration = Duration::from_millis(16);
 /// A batch of this many units has the WAL copied back at once, off this thread;
 /// smaller ones leave it to `wal_autocheckpoint` (see `store::checkpoint`).
 const CHECKPOINT_AFTER: u64 = 1024;
@@ -139,6 +147,7 @@ impl Worker {
         let mut paced_units = 0u64;
         let mut batch_started = Instant::now();
         let mut units = 0u64;
+        let mut batch_age = FIRST_BATCH_AGE;
 
         let end = loop {
             match self.controls.try_recv() {
@@ -195,10 +204,11 @@ impl Worker {
             }
             units += 1;
             paced_units += 1;
-            if units >= BATCH_UNITS || batch_started.elapsed() >= BATCH_AGE {
+            if units >= BATCH_UNITS || batch_started.elapsed() >= batch_age {
                 if let Some(c) = self.commit(conn, held, &mut *run, progress, units, None)? {
                     break Stop::Control(c);
                 }
+                batch_age = (batch_age * 2).min(BATCH_AGE);
             }
         };
 

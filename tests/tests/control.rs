@@ -2,6 +2,7 @@
 //! progress, exact resumption, complete rollback, and the refusals.
 
 use jobd_tests::*;
+use std::time::{Duration, Instant};
 
 #[test]
 fn stop_then_start_baseline_applies_every_row_once() {
@@ -239,4 +240,54 @@ fn queued_job_can_be_paused_and_stays_paused() {
     d.wait_completed(&idb);
     assert_baseline_exact(&d, &ida, &a.records);
     assert_baseline_exact(&d, &idb, &b.records);
+}
+
+/// A stop rolls back the open batch, so a job stopped soon after every start
+/// advances only if a worker commits early: its first batch commits at 16 ms.
+/// The gaps stay below a batch's age limit (250 ms), and the file is larger than
+/// a full batch, so without that the job would never commit a row.
+#[test]
+fn a_job_stopped_soon_after_every_start_still_advances() {
+    let d = Daemon::start_with(&["--max-running", "1"]);
+    // A slow job holds the one slot, so that the big one is paused before it runs.
+    let blocker = slow_baseline(50);
+    let blocker = d.upload(&blocker.bytes(), Some(SLOW_RATE));
+    d.wait_processed(&blocker, 1);
+    let big = gen_baseline(
+        51,
+        &["date", "name", "value"],
+        120_000,
+        Date::new(2024, 1, 1),
+        30,
+    );
+    let id = d.upload(&big.bytes(), None);
+    d.stop(&id);
+    d.control("terminate", &blocker);
+    assert_eq!(d.status_json(&id)["processed"].as_u64(), Some(0));
+
+    let deadline = Instant::now() + DEADLINE;
+    let mut gap = Duration::from_millis(2);
+    let mut cycles = 0;
+    loop {
+        d.control("start", &id);
+        std::thread::sleep(gap);
+        d.control("stop", &id);
+        cycles += 1;
+        let s = d.status_json(&id);
+        if s["processed"].as_u64() > Some(0) {
+            break;
+        }
+        assert_eq!(s["state"], "paused", "{s}");
+        assert!(
+            Instant::now() < deadline,
+            "no row committed over {cycles} stop/start cycles: {s}"
+        );
+        gap = (gap * 2).min(Duration::from_millis(100));
+    }
+    // What was committed is exact, and the rest follows.
+    let p = d.status_json(&id)["processed"].as_u64().unwrap_or(0);
+    assert_eq!(store::baseline_count(&d.db(), &id), p);
+    d.control("start", &id);
+    d.wait_completed(&id);
+    assert_baseline_exact(&d, &id, &big.records);
 }

@@ -264,78 +264,119 @@ pub fn stop_latency(env: &Env) -> Result<Vec<Measure>> {
         Unit::Count,
         None,
     );
+    let slow_cycles = (cycles / 20).max(10);
+    let mut slow_committed = Measure::new(
+        STOP,
+        &format!("  rows committed over {slow_cycles} cycles of 20–40 ms (info)"),
+        Unit::Count,
+        None,
+    );
     for run in 0..env.sizes.runs {
-        let (s, st, resubmits, rows) = block_on(async {
+        let (storm, slow) = block_on(async {
             let mut c = d.client().await?;
             let mut id = running_ingest_job(&mut c, &file).await?;
             let mut rng = XorShift::new(run as u64 + 11);
-            let mut lat = Vec::with_capacity(cycles);
-            let mut start_lat = Vec::with_capacity(cycles);
-            let mut resubmits = 0;
-            let mut rows = 0u64;
-            let mut last_processed = status_one(&mut c, &id).await?.processed;
-            while lat.len() < cycles {
-                // Let the worker run 1..5 ms, so stops land anywhere in a batch.
-                tokio::time::sleep(Duration::from_micros(1000 + rng.below(4000))).await;
-                let t = Instant::now();
-                let r = c.control(&id, "stop").await;
-                let dt = t.elapsed();
-                match r {
-                    Ok(info) if info.state == JobState::Paused => {
-                        lat.push(secs(dt));
-                        rows += info.processed.saturating_sub(last_processed);
-                        last_processed = info.processed;
-                    }
-                    Ok(info) if info.state.is_finished() => {
-                        id = running_ingest_job(&mut c, &file).await?;
-                        last_processed = 0;
-                        resubmits += 1;
-                        continue;
-                    }
-                    Ok(info) => bail!("stop answered with state {}", info.state),
-                    Err(e) if is_finished_err(&e) => {
-                        id = running_ingest_job(&mut c, &file).await?;
-                        last_processed = 0;
-                        resubmits += 1;
-                        continue;
-                    }
-                    Err(e) => return Err(anyhow!("stop {id}: {e}")),
-                }
-                let t = Instant::now();
-                let info = c
-                    .control(&id, "start")
-                    .await
-                    .map_err(|e| anyhow!("start {id}: {e}"))?;
-                start_lat.push(secs(t.elapsed()));
-                if info.state.is_finished() {
-                    id = running_ingest_job(&mut c, &file).await?;
-                    last_processed = 0;
-                    resubmits += 1;
-                }
-            }
+            // Let the worker run 1..5 ms, so stops land anywhere in a batch.
+            let storm = stop_cycles(&mut c, &file, &mut id, &mut rng, cycles, 1000, 4000).await?;
+            // Slower: each worker runs past its first commit (at 16 ms).
+            let slow = stop_cycles(
+                &mut c,
+                &file,
+                &mut id,
+                &mut rng,
+                slow_cycles,
+                20_000,
+                20_000,
+            )
+            .await?;
             c.control(&id, "terminate").await.ok();
-            Ok::<_, anyhow::Error>((latencies(&lat), latencies(&start_lat), resubmits, rows))
+            Ok::<_, anyhow::Error>((storm, slow))
         })?;
+        let (s, st) = (latencies(&storm.stop), latencies(&storm.start));
         progress(
             STOP,
             format!(
-                "run {}/{}: stop p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; start p50 {:.2} ms; {} rows applied between stops, {} resubmits",
+                "run {}/{}: stop p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; start p50 {:.2} ms; {} rows applied between stops, {} resubmits; at 20–40 ms: {} rows over {slow_cycles} cycles",
                 run + 1,
                 env.sizes.runs,
                 s.p50 * 1e3,
                 s.p99 * 1e3,
                 s.max * 1e3,
                 st.p50 * 1e3,
-                rows,
-                resubmits
+                storm.rows,
+                storm.resubmits + slow.resubmits,
+                slow.rows,
             ),
         );
         p50.push(s.p50);
         p99.push(s.p99);
         start_p50.push(st.p50);
-        committed.push(rows as f64);
+        committed.push(storm.rows as f64);
+        slow_committed.push(slow.rows as f64);
     }
-    Ok(vec![p50, p99, start_p50, committed])
+    Ok(vec![p50, p99, start_p50, committed, slow_committed])
+}
+
+/// What [`stop_cycles`] saw.
+struct Cycles {
+    stop: Vec<f64>,
+    start: Vec<f64>,
+    rows: u64,
+    resubmits: u32,
+}
+
+/// `n` cycles of: let the job run `min_us + random(0..spread_us)` µs, stop it
+/// (timed, must answer `paused`), start it (timed). A job that completes is
+/// submitted again (`id` follows).
+async fn stop_cycles(
+    c: &mut Client,
+    file: &Path,
+    id: &mut String,
+    rng: &mut XorShift,
+    n: usize,
+    min_us: u64,
+    spread_us: u64,
+) -> Result<Cycles> {
+    let mut out = Cycles {
+        stop: Vec::with_capacity(n),
+        start: Vec::with_capacity(n),
+        rows: 0,
+        resubmits: 0,
+    };
+    let mut last_processed = status_one(c, id).await?.processed;
+    while out.stop.len() < n {
+        tokio::time::sleep(Duration::from_micros(min_us + rng.below(spread_us))).await;
+        let t = Instant::now();
+        let r = c.control(id, "stop").await;
+        let dt = t.elapsed();
+        let finished = match r {
+            Ok(info) if info.state == JobState::Paused => {
+                out.stop.push(secs(dt));
+                out.rows += info.processed.saturating_sub(last_processed);
+                last_processed = info.processed;
+                false
+            }
+            Ok(info) if info.state.is_finished() => true,
+            Ok(info) => bail!("stop answered with state {}", info.state),
+            Err(e) if is_finished_err(&e) => true,
+            Err(e) => return Err(anyhow!("stop {id}: {e}")),
+        };
+        if !finished {
+            let t = Instant::now();
+            let info = c
+                .control(id, "start")
+                .await
+                .map_err(|e| anyhow!("start {id}: {e}"))?;
+            out.start.push(secs(t.elapsed()));
+            if !info.state.is_finished() {
+                continue;
+            }
+        }
+        *id = running_ingest_job(c, file).await?;
+        last_processed = 0;
+        out.resubmits += 1;
+    }
+    Ok(out)
 }
 
 const JS: &str = "jobctl-stop";
