@@ -105,7 +105,10 @@ where
             return Exit::Closed;
         }
         buf.reserve(READ_SIZE);
+        // Biased: a request already sent is read (and answered) before a
+        // shutdown closes the connection.
         tokio::select! {
+            biased;
             read = io.read_buf(&mut buf) => match read {
                 Ok(0) | Err(_) => return Exit::Closed,
                 Ok(_) => {}
