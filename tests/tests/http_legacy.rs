@@ -9,7 +9,7 @@ use jobd_tests::*;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use std::io::{BufReader, Read, Write};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 const JSON: &str = "application/json; charset=utf-8";
 const NOT_ACCEPTED: &str = "File not accepted";
@@ -881,4 +881,69 @@ fn keep_alive_connections_mix_fast_and_framework_answers() {
         );
         assert_eq!(answers[0].1.as_deref(), Some(JSON), "{target}");
     }
+}
+
+/// A connection that waits longer than `--idle-timeout` for a request head is
+/// closed, on the fast path (nothing sent, or part of a head) and after the
+/// framework took it over.
+#[test]
+fn connections_waiting_for_a_request_are_closed() {
+    let d = Daemon::start();
+    let shim = Shim::start(&d, &["--idle-timeout", "1"]);
+    let closed_after = |sent: &str, answers: usize| {
+        let mut s = shim.connect();
+        s.write_all(sent.as_bytes()).expect("send");
+        let mut r = BufReader::new(s);
+        for _ in 0..answers {
+            assert_eq!(read_response(&mut r, "GET").status, 200);
+        }
+        let mut rest = Vec::new();
+        // The read times out (a panic) if the shim keeps the connection.
+        r.read_to_end(&mut rest)
+            .expect("the shim closes the connection");
+        assert!(
+            rest.is_empty(),
+            "{sent:?}: {}",
+            String::from_utf8_lossy(&rest)
+        );
+    };
+    closed_after("", 0);
+    closed_after(
+        "GET /updateTask?id=nope&action=stop HTTP/1.1\r\nHost: a\r\n",
+        0,
+    );
+    closed_after("GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n", 1);
+    closed_after("GET /healthz HTTP/1.1\r\nHost: a\r\n\r\nGET /jobs HT", 1);
+}
+
+/// At most `--max-connections` are served at once; the next one is answered once
+/// one of them closes.
+#[test]
+fn connections_beyond_the_limit_wait_their_turn() {
+    let d = Daemon::start();
+    let shim = Shim::start(&d, &["--max-connections", "1"]);
+    let healthz = "GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n";
+    let mut first = shim.connect();
+    first.write_all(healthz.as_bytes()).expect("send");
+    let mut first = BufReader::new(first);
+    assert_eq!(read_response(&mut first, "GET").status, 200);
+
+    let mut second = shim.connect();
+    second.write_all(healthz.as_bytes()).expect("send");
+    second
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let mut byte = [0u8; 1];
+    match second.read(&mut byte) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("the second connection was served beside the first: {other:?}"),
+    }
+    drop(first);
+    second.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    let second = read_response(&mut BufReader::new(second), "GET");
+    assert_eq!(second.status, 200, "{second}");
 }

@@ -26,7 +26,7 @@ use axum::http::StatusCode;
 use bytes::{Buf, BytesMut};
 use std::cell::RefCell;
 use std::io::Write as _;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 
@@ -52,13 +52,15 @@ pub enum Exit<S> {
     Handoff(S, Bytes),
 }
 
-/// Serves `io` until it closes or holds a request for the framework. Once
-/// `shutdown` turns true, the request in hand is answered (with
-/// `connection: close`) and the connection closed.
+/// Serves `io` until it closes or holds a request for the framework. A
+/// connection that completes no request head within `idle` of its start or of
+/// its last answer is closed. Once `shutdown` turns true, the request in hand is
+/// answered (with `connection: close`) and the connection closed.
 pub async fn serve<S>(
     mut io: S,
     app: &App,
     stats: &'static Stats,
+    idle: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) -> Exit<S>
 where
@@ -67,6 +69,10 @@ where
     let mut buf = BytesMut::with_capacity(READ_SIZE);
     let mut out = Vec::with_capacity(256);
     let mut closing = false;
+    // One timer for the connection: moving its deadline later costs no
+    // re-registration (tokio only extends it).
+    let timeout = tokio::time::sleep(idle);
+    tokio::pin!(timeout);
     loop {
         // Answer every complete request read so far (pipelined ones in order).
         loop {
@@ -100,6 +106,7 @@ where
                 return Exit::Closed;
             }
             out.clear();
+            timeout.as_mut().reset(tokio::time::Instant::now() + idle);
         }
         if closing && buf.is_empty() {
             return Exit::Closed;
@@ -114,6 +121,7 @@ where
                 Ok(_) => {}
             },
             _ = shutdown.wait_for(|down| *down), if !closing => closing = true,
+            () = &mut timeout => return Exit::Closed,
         }
     }
 }
@@ -228,6 +236,8 @@ mod tests {
     use std::path::PathBuf;
     use std::sync::Arc;
 
+    const IDLE: Duration = Duration::from_secs(60);
+
     fn is_fast(head: &str) -> bool {
         matches!(parse(head.as_bytes()), Head::UpdateTask { .. })
     }
@@ -318,7 +328,7 @@ mod tests {
                     GET /updateTask?id=%20 HTTP/1.1\r\n\r\n\
                     GET /jobs HTTP/1.1\r\n\r\nGET /upd";
         client.write_all(sent.as_bytes()).await.expect("write");
-        let exit = serve(server, &app, Stats::new(0), rx).await;
+        let exit = serve(server, &app, Stats::new(0), IDLE, rx).await;
         let Exit::Handoff(_, rest) = exit else {
             panic!("not handed off");
         };
@@ -340,7 +350,10 @@ mod tests {
         let task = {
             let app = Arc::clone(&app);
             tokio::spawn(async move {
-                matches!(serve(server, &app, Stats::new(0), rx).await, Exit::Closed)
+                matches!(
+                    serve(server, &app, Stats::new(0), IDLE, rx).await,
+                    Exit::Closed
+                )
             })
         };
         for b in b"GET /updateTask?id= HTTP/1.1\r\nConnection: close\r\n\r\n" {
@@ -357,13 +370,33 @@ mod tests {
         assert!(task.await.expect("task"), "not closed");
     }
 
+    /// A connection that sends no whole head in time is closed, whether it sent
+    /// nothing or part of one.
+    #[tokio::test(start_paused = true)]
+    async fn connections_waiting_for_a_head_time_out() {
+        let app = app();
+        for sent in [&b""[..], b"GET /updateTask HTTP/1.1\r\n"] {
+            let (server, mut client) = tokio::io::duplex(64);
+            let (_tx, rx) = watch::channel(false);
+            client.write_all(sent).await.expect("write");
+            let start = tokio::time::Instant::now();
+            let exit = serve(server, &app, Stats::new(0), IDLE, rx).await;
+            assert!(matches!(exit, Exit::Closed));
+            let waited = start.elapsed();
+            assert!(
+                waited >= IDLE && waited < IDLE + Duration::from_secs(1),
+                "{waited:?}"
+            );
+        }
+    }
+
     /// At shutdown an idle connection closes at once.
     #[tokio::test]
     async fn shutdown_closes_idle_connections() {
         let (server, _client) = tokio::io::duplex(64);
         let app = app();
         let (tx, rx) = watch::channel(false);
-        let serving = serve(server, &app, Stats::new(0), rx);
+        let serving = serve(server, &app, Stats::new(0), IDLE, rx);
         tokio::pin!(serving);
         tokio::select! {
             _ = &mut serving => panic!("closed before shutdown"),

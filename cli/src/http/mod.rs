@@ -80,6 +80,15 @@ pub struct Config {
     /// Requests logged one by one per second; past it, one summary line per second
     #[arg(long, default_value_t = 20, value_name = "N")]
     pub log_budget: u32,
+    /// Client connections served at once; more wait to be accepted
+    #[arg(long, default_value_t = 1024, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+    /// Seconds a client connection may wait for a request head (after connecting
+    /// or after its last answer) before it is closed
+    #[arg(long, default_value_t = 300, value_name = "SECS",
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub idle_timeout: u64,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -225,7 +234,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
     tracing::info!(listen = %addr, "jobd-http listening");
 
-    let server = serve::serve(listener, Arc::clone(&app), router(app, stats), stats);
+    raise_open_file_limit();
+    let limits = serve::Limits {
+        connections: usize::try_from(config.max_connections).unwrap_or(usize::MAX),
+        idle: Duration::from_secs(config.idle_timeout),
+    };
+    let server = serve::serve(
+        listener,
+        Arc::clone(&app),
+        router(app, stats),
+        stats,
+        limits,
+    );
     tokio::pin!(server);
     let which = tokio::select! {
         () = &mut server => return Ok(()),
@@ -239,6 +259,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("jobd-http stopped");
     Ok(())
+}
+
+/// One descriptor per client connection: take the hard limit, so that
+/// `--max-connections` is what bounds them.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
 }
 
 #[cfg(test)]
