@@ -33,7 +33,7 @@ use tokio::sync::watch;
 
 /// Heads still incomplete at this length are left to the framework (which has
 /// its own, larger limit and its own answer to a head too long).
-pub const MAX_HEAD: usize = 16 * 1024;
+const MAX_HEAD: usize = 16 * 1024;
 
 /// Headers a request answered here may have; more are left to the framework.
 const MAX_HEADERS: usize = 32;
