@@ -1,6 +1,7 @@
 //! Configuration: flags and environment, then the config file, then defaults —
 //! the first that sets a value wins. `jobd --check-config` prints the result.
 
+use crate::store::StoreUrl;
 use clap::Parser;
 use jobd_protocol::frame::{DEFAULT_MAX_FRAME, HARD_MAX_FRAME};
 use serde::{Deserialize, Serialize};
@@ -26,6 +27,10 @@ pub struct Cli {
     /// Directory for the store, spool and export files [default: /var/lib/jobd for root, else $XDG_STATE_HOME/jobd]
     #[arg(long, env = "JOBD_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+
+    /// Where jobs live: `sqlite` (a database in the state directory) or a PostgreSQL URL, postgres://USER@HOST:PORT/DB (`?host=/run/postgresql` for a socket directory) [default: sqlite]
+    #[arg(long, env = "JOBD_STORE", value_name = "URL")]
+    pub store: Option<String>,
 
     /// Directory for log files in daemon mode [default: /var/log/jobd for root, else <state dir>/log]
     #[arg(long, env = "JOBD_LOG_DIR")]
@@ -78,6 +83,7 @@ pub struct Cli {
 pub struct FileConfig {
     pub socket: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
+    pub store: Option<String>,
     pub log_dir: Option<PathBuf>,
     pub pid_file: Option<PathBuf>,
     pub socket_group: Option<String>,
@@ -97,6 +103,8 @@ pub struct Config {
     pub config_file: Option<PathBuf>,
     pub socket: PathBuf,
     pub state_dir: PathBuf,
+    /// Shown with any password masked.
+    pub store: StoreUrl,
     pub log_dir: PathBuf,
     pub pid_file: PathBuf,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -233,10 +241,17 @@ impl Config {
             .max_frame
             .or(file.max_frame)
             .unwrap_or(DEFAULT_MAX_FRAME);
+        let store = cli
+            .store
+            .as_deref()
+            .or(file.store.as_deref())
+            .unwrap_or("sqlite");
+        let store = StoreUrl::parse(store).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let config = Config {
             config_file,
             socket,
             state_dir,
+            store,
             log_dir,
             pid_file,
             socket_group: cli.socket_group.clone().or(file.socket_group),

@@ -5,11 +5,10 @@
 
 use crate::config::Config;
 use crate::handler::Context;
-use crate::kinds::Paths;
 use crate::logging::LogHandle;
 use crate::registry::{Limits, Registry};
 use crate::server::{self, ServerConfig};
-use crate::store::Store;
+use crate::store;
 use crate::systemd;
 use anyhow::Context as _;
 use std::os::unix::fs::DirBuilderExt;
@@ -20,8 +19,7 @@ use std::time::Duration;
 
 pub struct Prepared {
     config: Config,
-    store: Store,
-    paths: Paths,
+    store: store::Prepared,
     listener: UnixListener,
     /// The socket came from systemd: it is systemd's to remove.
     activated: bool,
@@ -30,15 +28,11 @@ pub struct Prepared {
 pub fn prepare(config: Config) -> anyhow::Result<Prepared> {
     raise_open_file_limit();
     let state = &config.state_dir;
-    let paths = Paths {
-        spool_dir: state.join("spool"),
-        export_dir: state.join("exports"),
-    };
-    for dir in [state, &paths.spool_dir, &paths.export_dir] {
-        make_private_dir(dir)?;
-    }
-    let store = Store::open(&state.join("jobd.db"))
-        .with_context(|| format!("cannot open the store in {}", state.display()))?;
+    make_private_dir(state)?;
+    let store = store::prepare(&config.store, state).with_context(|| match &config.store {
+        store::StoreUrl::Sqlite => format!("cannot open the store in {}", state.display()),
+        url => format!("cannot use the store {url}"),
+    })?;
     let (listener, activated) = match systemd::activated_listener() {
         Some(l) => (l, true),
         None => {
@@ -60,7 +54,6 @@ pub fn prepare(config: Config) -> anyhow::Result<Prepared> {
     Ok(Prepared {
         config,
         store,
-        paths,
         listener,
         activated,
     })
@@ -93,7 +86,6 @@ pub async fn run(
     let Prepared {
         config,
         store,
-        paths,
         listener,
         activated,
     } = prepared;
@@ -105,12 +97,15 @@ pub async fn run(
         max_running: config.max_running,
         max_row_errors: config.max_row_errors,
     };
-    let registry = tokio::task::spawn_blocking(move || Registry::load(store, paths, limits))
-        .await
-        .context("loading the jobs panicked")?
-        .context("cannot load the jobs")?;
+    let registry = tokio::task::spawn_blocking(move || {
+        let store = store.open()?;
+        Registry::load(store, limits)
+    })
+    .await
+    .context("loading the jobs panicked")?
+    .context("cannot load the jobs")?;
     registry.start();
-    tokio::spawn(Arc::clone(registry.activity()).trim_when_quiet(registry.store().clone()));
+    tokio::spawn(Arc::clone(registry.activity()).trim_when_quiet(Arc::clone(registry.store())));
     let socket = match listener
         .local_addr()
         .ok()

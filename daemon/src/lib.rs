@@ -13,7 +13,6 @@ pub mod registry;
 pub mod scheduler;
 pub mod server;
 pub mod shutdown;
-pub mod spool;
 pub mod store;
 pub mod systemd;
 pub mod trim;

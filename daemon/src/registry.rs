@@ -5,14 +5,15 @@
 //! I/O or an `.await`. Store writes run on blocking threads and are committed before
 //! the caller is answered.
 
-use crate::kinds::{self, Paths};
+use crate::kinds;
 use crate::scheduler::Scheduler;
-use crate::store::{self, now_ms, JobRow, NewJob, Store, StoreError, StoredState};
+use crate::store::{
+    now_ms, JobRow, NewJob, Progress, SharedStore, StoreError, StoredState, Upload,
+};
 use crate::trim::Activity;
-use crate::worker::{self, Control, ControlLine, Exit, Progress, Worker};
+use crate::worker::{Control, ControlLine, Exit, Worker};
 use jobd_protocol::{Action, ErrorCode, JobInfo, JobKind, JobState};
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
@@ -35,8 +36,15 @@ impl Refusal {
         }
     }
 
-    fn storage(e: impl std::fmt::Display) -> Refusal {
-        Refusal::new(ErrorCode::StorageError, e.to_string())
+    /// A store error as clients see it: `storage_unavailable` while the store
+    /// cannot be reached (try again later), else `storage_error`.
+    pub fn storage(e: StoreError) -> Refusal {
+        let code = if e.is_unavailable() {
+            ErrorCode::StorageUnavailable
+        } else {
+            ErrorCode::StorageError
+        };
+        Refusal::new(code, e.to_string())
     }
 }
 
@@ -57,8 +65,16 @@ impl Caller {
 pub struct Submission {
     pub kind: JobKind,
     pub rate: Option<f64>,
-    /// The spool file name, or the export range as JSON.
-    pub input: String,
+    pub input: SubmitInput,
+}
+
+/// What a new job reads.
+pub enum SubmitInput {
+    /// An upload received in full, not yet durable: the job and its upload are
+    /// created together.
+    Upload(Box<dyn Upload>),
+    /// An export's range, as JSON.
+    Range(String),
 }
 
 pub struct Limits {
@@ -68,8 +84,7 @@ pub struct Limits {
 
 pub struct Registry {
     state: Mutex<State>,
-    store: Store,
-    paths: Paths,
+    store: SharedStore,
     max_row_errors: u64,
     /// Signalled whenever a worker ends, for shutdown.
     worker_ended: Notify,
@@ -143,11 +158,11 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl Registry {
-    /// Loads every job from the store. Terminates interrupted by a crash are finished;
-    /// jobs that were queued or running are queued again in creation order.
-    pub fn load(store: Store, paths: Paths, limits: Limits) -> Result<Arc<Registry>, StoreError> {
-        let conn = store.conn()?;
-        let rows = store::jobs::load_all(&conn)?;
+    /// Loads every job from the store (which first finishes what a crash
+    /// interrupted); jobs that were queued or running are queued again in creation
+    /// order.
+    pub fn load(store: SharedStore, limits: Limits) -> Result<Arc<Registry>, StoreError> {
+        let rows = store.recover()?;
         let mut state = State {
             jobs: HashMap::with_capacity(rows.len()),
             reserved: HashSet::new(),
@@ -155,36 +170,20 @@ impl Registry {
             controlling: HashMap::new(),
             shutting_down: false,
         };
-        let mut live_spool = HashSet::new();
-        let mut live_exports = HashSet::new();
-        for mut row in rows {
+        for row in rows {
             let public = match row.state {
-                StoredState::Terminating => {
-                    tracing::info!(job = %row.id, "finishing an interrupted terminate");
-                    worker::terminate(&store, &conn, &row, &paths).map_err(|e| {
-                        StoreError::Corrupt(format!("cannot terminate {}: {e}", row.id))
-                    })?;
-                    row = store::jobs::load(&conn, row.seq)?;
-                    JobState::Terminated
-                }
                 StoredState::Public(JobState::Running | JobState::Queued) => {
                     state.scheduler.enqueue(row.id.clone());
                     JobState::Queued
                 }
                 StoredState::Public(s) => s,
+                StoredState::Terminating => {
+                    return Err(StoreError::Corrupt(format!(
+                        "job {} is still terminating after recovery",
+                        row.id
+                    )))
+                }
             };
-            match row.kind {
-                JobKind::CreateExport
-                    if public != JobState::Failed && public != JobState::Terminated =>
-                {
-                    live_exports.insert(format!("{}.csv", row.id));
-                }
-                JobKind::CreateExport => {}
-                _ if !public.is_finished() => {
-                    live_spool.insert(row.input.clone());
-                }
-                _ => {}
-            }
             let entry = Entry {
                 seq: row.seq,
                 info: info_of(&row, public),
@@ -193,13 +192,9 @@ impl Registry {
             };
             state.jobs.insert(row.id.clone(), Box::new(entry));
         }
-        // Files a crash left between a job's end and their removal.
-        remove_stray_files(&paths.spool_dir, &live_spool);
-        remove_stray_files(&paths.export_dir, &live_exports);
         Ok(Arc::new(Registry {
             state: Mutex::new(state),
             store,
-            paths,
             max_row_errors: limits.max_row_errors,
             worker_ended: Notify::new(),
             activity: Activity::new(),
@@ -211,12 +206,8 @@ impl Registry {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn store(&self) -> &Store {
+    pub fn store(&self) -> &SharedStore {
         &self.store
-    }
-
-    pub fn paths(&self) -> &Paths {
-        &self.paths
     }
 
     /// What keeps the daemon busy; connections hold it too.
@@ -243,28 +234,29 @@ impl Registry {
             st.reserved.insert(id.clone());
             id
         };
-        let store = self.store.clone();
-        let total = kinds::total_at_submit(sub.kind, &sub.input);
+        let store = Arc::clone(&self.store);
         let (owner_uid, owner) = (caller.uid, caller.user.clone());
-        let (id2, input, kind, rate) = (id.clone(), sub.input, sub.kind, sub.rate);
+        let (id2, kind, rate) = (id.clone(), sub.kind, sub.rate);
         let inserted = blocking(move || {
-            let conn = store.conn().map_err(Refusal::storage)?;
-            let _w = store.lock_writes();
-            let seq = store::jobs::insert(
-                &conn,
-                &NewJob {
-                    id: &id2,
-                    kind,
-                    owner_uid,
-                    owner: &owner,
-                    rate,
-                    total,
-                    input: &input,
-                    created_at,
-                },
-            )
-            .map_err(Refusal::storage)?;
-            store::jobs::load(&conn, seq).map_err(Refusal::storage)
+            let range = match &sub.input {
+                SubmitInput::Range(r) => r.clone(),
+                SubmitInput::Upload(_) => String::new(),
+            };
+            let job = NewJob {
+                id: &id2,
+                kind,
+                owner_uid,
+                owner: &owner,
+                rate,
+                total: kinds::total_at_submit(kind, &range),
+                input: &range,
+                created_at,
+            };
+            match sub.input {
+                SubmitInput::Upload(upload) => upload.create_job(&job),
+                SubmitInput::Range(_) => store.insert_job(&job),
+            }
+            .map_err(Refusal::storage)
         })
         .await;
         let mut st = self.lock();
@@ -307,9 +299,8 @@ impl Registry {
             let reporter = Arc::downgrade(self);
             let report_id = id.clone();
             let w = Worker {
-                store: self.store.clone(),
+                store: Arc::clone(&self.store),
                 seq: entry.seq,
-                paths: self.paths.clone(),
                 controls: rx,
                 interrupt,
                 max_row_errors: self.max_row_errors,
@@ -374,20 +365,14 @@ impl Registry {
         let Some(seq) = self.lock().jobs.get(id).map(|e| e.seq) else {
             return;
         };
-        let store = self.store.clone();
+        let store = Arc::clone(&self.store);
         let msg = msg.to_string();
         let _ = blocking(move || {
-            let conn = store.conn().map_err(Refusal::storage)?;
-            let row = store::jobs::load(&conn, seq).map_err(Refusal::storage)?;
+            let row = store.load_job(seq).map_err(Refusal::storage)?;
             if row.state != StoredState::Public(JobState::Failed) {
-                let _w = store.lock_writes();
-                store::jobs::set_state(
-                    &conn,
-                    seq,
-                    StoredState::Public(JobState::Failed),
-                    Some(&msg),
-                )
-                .map_err(Refusal::storage)?;
+                store
+                    .set_state(seq, StoredState::Public(JobState::Failed), Some(&msg))
+                    .map_err(Refusal::storage)?;
             }
             Ok(())
         })
@@ -520,13 +505,8 @@ impl Registry {
                 if !self.lock().scheduler.dequeue(id) && state == JobState::Queued {
                     return None;
                 }
-                let (store, paths) = (self.store.clone(), self.paths.clone());
-                let undone = blocking(move || {
-                    let conn = store.conn().map_err(Refusal::storage)?;
-                    let row = store::jobs::load(&conn, seq).map_err(Refusal::storage)?;
-                    worker::terminate(&store, &conn, &row, &paths).map_err(Refusal::storage)
-                })
-                .await;
+                let store = Arc::clone(&self.store);
+                let undone = blocking(move || store.terminate(seq).map_err(Refusal::storage)).await;
                 undone.and_then(|()| self.set_state(id, JobState::Terminated))
             }
             (_, s) => Err(finished(id, s)),
@@ -582,11 +562,10 @@ impl Registry {
     }
 
     async fn persist_state(&self, seq: i64, state: JobState) -> Result<(), Refusal> {
-        let store = self.store.clone();
+        let store = Arc::clone(&self.store);
         blocking(move || {
-            let conn = store.conn().map_err(Refusal::storage)?;
-            let _w = store.lock_writes();
-            store::jobs::set_state(&conn, seq, StoredState::Public(state), None)
+            store
+                .set_state(seq, StoredState::Public(state), None)
                 .map_err(Refusal::storage)
         })
         .await
@@ -678,19 +657,4 @@ fn allocate_id(st: &State, user: &str, kind: JobKind, secs: u64) -> String {
         .map(make)
         .find(free)
         .unwrap_or_else(|| format!("{user}-{kind}-{secs}-{}", u64::MAX))
-}
-
-/// Removes the files of `dir` that no job needs: spool files of uploads cut short or
-/// of ended jobs, export files of failed or terminated exports.
-fn remove_stray_files(dir: &Path, live: &HashSet<String>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !live.contains(&name) {
-            tracing::info!(file = %entry.path().display(), "removing a stray file");
-            kinds::remove_files(&[entry.path()]);
-        }
-    }
 }

@@ -8,7 +8,7 @@
 //! `malloc_trim` returns the freed pages. Event-driven: nothing runs
 //! while the daemon is idle, only once on the way into idleness.
 
-use crate::store::Store;
+use crate::store::SharedStore;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,12 +43,12 @@ impl Activity {
 
     /// Each time the daemon has gone quiet: the store's idle connections drop
     /// their page caches, then the allocator gives back what is free.
-    pub async fn trim_when_quiet(self: Arc<Self>, store: Store) {
+    pub async fn trim_when_quiet(self: Arc<Self>, store: SharedStore) {
         loop {
             self.quiet.notified().await;
             tokio::time::sleep(SETTLE).await;
             if self.is_quiet() {
-                let store = store.clone();
+                let store = Arc::clone(&store);
                 let _ = tokio::task::spawn_blocking(move || {
                     store.shrink();
                     trim();

@@ -26,6 +26,8 @@ pub enum ErrorCode {
     StorageError,
     ShuttingDown,
     Internal,
+    /// The daemon's store (PostgreSQL) cannot be reached right now; try again.
+    StorageUnavailable,
 }
 
 impl ErrorCode {
@@ -51,6 +53,7 @@ impl ErrorCode {
             ErrorCode::StorageError => "storage_error",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Internal => "internal",
+            ErrorCode::StorageUnavailable => "storage_unavailable",
         }
     }
 }

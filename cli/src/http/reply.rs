@@ -77,6 +77,7 @@ pub fn error_body(code: &str) -> Bytes {
         "no_output",
         "upload_incomplete",
         "storage_error",
+        "storage_unavailable",
         "internal",
         "bad_request",
         "daemon_unavailable",
@@ -148,6 +149,7 @@ pub fn daemon_error(routes: Routes, code: ErrorCode) -> (StatusCode, &'static st
         WorkerUnresponsive => (StatusCode::GATEWAY_TIMEOUT, code.as_str()),
         ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, DAEMON_UNAVAILABLE),
         StorageError | Internal => (StatusCode::INTERNAL_SERVER_ERROR, code.as_str()),
+        StorageUnavailable => (StatusCode::SERVICE_UNAVAILABLE, code.as_str()),
         FrameTooLarge | UnsupportedProtocol => (StatusCode::BAD_GATEWAY, code.as_str()),
     }
 }

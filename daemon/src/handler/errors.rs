@@ -1,10 +1,10 @@
 //! `Errors`: a job's row errors in row order, paged straight from the store.
 
-use super::{refuse, Context, PAGE};
+use super::{refuse, store_call, Context, PAGE};
 use crate::connection::{ConnError, Connection};
-use crate::registry::{Caller, Refusal};
-use crate::store;
-use jobd_protocol::{ErrorCode, Response};
+use crate::registry::Caller;
+use jobd_protocol::Response;
+use std::sync::Arc;
 
 pub async fn handle(
     conn: &mut Connection,
@@ -19,18 +19,11 @@ pub async fn handle(
     let mut after = 0u64;
     let mut count = 0u64;
     loop {
-        let st = ctx.registry.store().clone();
-        let page = tokio::task::spawn_blocking(move || {
-            let c = st.conn()?;
-            store::jobs::row_errors(&c, seq, after, PAGE)
-        })
-        .await;
-        let page = match page {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => {
-                return refuse(conn, Refusal::new(ErrorCode::StorageError, e.to_string())).await
-            }
-            Err(e) => return refuse(conn, Refusal::new(ErrorCode::Internal, e.to_string())).await,
+        let store = Arc::clone(ctx.registry.store());
+        let page = match store_call(move || store.row_errors(seq, after, PAGE)).await {
+            Ok(p) => p,
+            // Pages already sent cannot be taken back; the error ends the list.
+            Err(r) => return refuse(conn, r).await,
         };
         let Some(last) = page.last() else { break };
         after = last.row;

@@ -13,6 +13,7 @@ mod watch;
 
 use crate::connection::{ConnError, Connection};
 use crate::registry::{Caller, Refusal, Registry};
+use crate::store::StoreError;
 use jobd_protocol::{ErrorCode, Request, Response};
 use std::sync::Arc;
 
@@ -65,6 +66,19 @@ async fn refuse(conn: &mut Connection, r: Refusal) -> Result<(), ConnError> {
         message: r.message,
     })
     .await
+}
+
+/// Runs a store call on a blocking thread (the store blocks).
+async fn store_call<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, Refusal> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(Refusal::storage),
+        Err(e) => Err(Refusal::new(
+            ErrorCode::Internal,
+            format!("store task failed: {e}"),
+        )),
+    }
 }
 
 /// Checks a per-job rate: units per second, positive and finite.

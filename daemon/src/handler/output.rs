@@ -1,10 +1,10 @@
-//! `Output`: the file of a completed export, streamed in chunks.
+//! `Output`: the output of a completed export, streamed in chunks from the store.
 
-use super::{refuse, Context};
+use super::{refuse, store_call, Context};
 use crate::connection::{ConnError, Connection};
 use crate::registry::{Caller, Refusal};
 use jobd_protocol::{ErrorCode, JobKind, JobState, Response, CHUNK_SIZE};
-use tokio::io::AsyncReadExt;
+use std::sync::Arc;
 
 pub async fn handle(
     conn: &mut Connection,
@@ -13,8 +13,8 @@ pub async fn handle(
     id: &str,
 ) -> Result<(), ConnError> {
     let id = id.trim();
-    let info = match ctx.registry.get(caller, id) {
-        Ok((_, info)) => info,
+    let (seq, info) = match ctx.registry.get(caller, id) {
+        Ok(found) => found,
         Err(r) => return refuse(conn, r).await,
     };
     if info.kind != JobKind::CreateExport || info.state != JobState::Completed {
@@ -28,21 +28,29 @@ pub async fn handle(
         };
         return refuse(conn, Refusal::new(ErrorCode::NoOutput, why)).await;
     }
-    let path = ctx.registry.paths().export_file(id);
-    let mut file = match tokio::fs::File::open(&path).await {
-        Ok(f) => f,
-        Err(e) => {
-            let r = Refusal::new(
-                ErrorCode::StorageError,
-                format!("cannot open the output: {e}"),
-            );
-            return refuse(conn, r).await;
-        }
+    let store = Arc::clone(ctx.registry.store());
+    let mut reader = match store_call(move || store.output(seq)).await {
+        Ok(r) => r,
+        Err(r) => return refuse(conn, r).await,
     };
     let mut buf = vec![0u8; CHUNK_SIZE];
     let mut sent = 0u64;
     loop {
-        let n = file.read(&mut buf).await?;
+        let read = store_call(move || {
+            let n = reader.read(&mut buf)?;
+            Ok((reader, buf, n))
+        })
+        .await;
+        let n;
+        (reader, buf, n) = match read {
+            Ok(r) => r,
+            // Chunks already sent cannot be taken back: end the connection so that
+            // the client sees the output cut short, never a truncated whole.
+            Err(r) => {
+                refuse(conn, r).await?;
+                return Err(ConnError::Idle);
+            }
+        };
         if n == 0 {
             break;
         }

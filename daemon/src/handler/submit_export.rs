@@ -4,7 +4,7 @@ use super::{check_rate, refuse, Context};
 use crate::connection::{ConnError, Connection};
 use crate::dates;
 use crate::kinds::ExportRange;
-use crate::registry::{Caller, Refusal, Submission};
+use crate::registry::{Caller, Refusal, Submission, SubmitInput};
 use jobd_protocol::{ErrorCode, JobKind, Response};
 
 pub async fn handle(
@@ -23,7 +23,7 @@ pub async fn handle(
     let sub = Submission {
         kind: JobKind::CreateExport,
         rate,
-        input: range.to_input(),
+        input: SubmitInput::Range(range.to_input()),
     };
     match ctx.registry.submit(caller, sub).await {
         Ok(info) => conn.send(&Response::Job(info)).await,

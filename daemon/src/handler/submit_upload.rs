@@ -1,11 +1,11 @@
-//! `SubmitUpload`: receive the file's chunks into a spool file, make it durable,
-//! then create the job. A client that goes away mid-upload leaves nothing behind.
+//! `SubmitUpload`: receive the file's chunks into the store, then create the job
+//! with it. A client that goes away mid-upload leaves nothing behind.
 
-use super::{check_rate, refuse, Context};
+use super::{check_rate, refuse, store_call, Context};
 use crate::connection::{ConnError, Connection};
-use crate::registry::{Caller, Refusal, Submission};
-use crate::spool::SpoolFile;
+use crate::registry::{Caller, Refusal, Submission, SubmitInput};
 use jobd_protocol::{ErrorCode, Request, Response, UploadKind};
+use std::sync::Arc;
 
 pub async fn handle(
     conn: &mut Connection,
@@ -18,15 +18,16 @@ pub async fn handle(
         Ok(r) => r,
         Err(r) => return refuse(conn, r).await,
     };
-    let mut spool = match SpoolFile::create(&ctx.registry.paths().spool_dir).await {
-        Ok(s) => s,
-        Err(e) => return refuse(conn, storage("cannot create a spool file", e)).await,
+    let store = Arc::clone(ctx.registry.store());
+    let mut upload = match store_call(move || store.create_upload()).await {
+        Ok(u) => u,
+        Err(r) => return refuse(conn, r).await,
     };
     conn.send(&Response::Ready).await?;
     loop {
         match conn.read().await? {
             Some(Request::Chunk { data }) => {
-                if spool.written() + data.len() as u64 > ctx.max_upload_bytes {
+                if upload.written() + data.len() as u64 > ctx.max_upload_bytes {
                     let r = Refusal::new(
                         ErrorCode::UploadIncomplete,
                         format!(
@@ -37,17 +38,30 @@ pub async fn handle(
                     refuse(conn, r).await?;
                     return Err(ConnError::Idle);
                 }
-                if let Err(e) = spool.write(&data).await {
+                let written = store_call(move || {
+                    let r = upload.write(&data);
+                    Ok((upload, r))
+                })
+                .await;
+                let (u, result) = match written {
+                    Ok(w) => w,
+                    Err(r) => {
+                        refuse(conn, r).await?;
+                        return Err(ConnError::Idle);
+                    }
+                };
+                upload = u;
+                if let Err(e) = result {
                     // The connection cannot be resynchronized mid-stream: answer, then close.
-                    refuse(conn, storage("cannot write the upload", e)).await?;
+                    refuse(conn, Refusal::storage(e)).await?;
                     return Err(ConnError::Idle);
                 }
             }
-            Some(Request::End { bytes }) if bytes == spool.written() => break,
+            Some(Request::End { bytes }) if bytes == upload.written() => break,
             Some(Request::End { bytes }) => {
                 let msg = format!(
                     "upload announced {bytes} bytes but {} arrived",
-                    spool.written()
+                    upload.written()
                 );
                 return refuse(conn, Refusal::new(ErrorCode::UploadIncomplete, msg)).await;
             }
@@ -59,27 +73,17 @@ pub async fn handle(
                 refuse(conn, r).await?;
                 return Err(ConnError::Idle);
             }
-            // Client gone: the spool file is removed when `spool` drops.
+            // Client gone: the upload is discarded when it drops.
             None => return Ok(()),
         }
-    }
-    if let Err(e) = spool.sync().await {
-        return refuse(conn, storage("cannot sync the upload", e)).await;
     }
     let sub = Submission {
         kind: kind.into(),
         rate,
-        input: spool.name().to_string(),
+        input: SubmitInput::Upload(upload),
     };
     match ctx.registry.submit(caller, sub).await {
-        Ok(info) => {
-            spool.keep();
-            conn.send(&Response::Job(info)).await
-        }
+        Ok(info) => conn.send(&Response::Job(info)).await,
         Err(r) => refuse(conn, r).await,
     }
-}
-
-fn storage(what: &str, e: std::io::Error) -> Refusal {
-    Refusal::new(ErrorCode::StorageError, format!("{what}: {e}"))
 }

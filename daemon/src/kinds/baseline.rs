@@ -2,18 +2,16 @@
 //! submitting user. The header must name a `date` column.
 //!
 //! Parsing, validation and encoding run ahead on a reader thread, in chunks of rows,
-//! while the worker thread applies them to the store: ingest uses both cores. The
+//! while the worker thread batches them for the store: ingest uses both cores. The
 //! reader only ever works ahead of the cursor; what it read but the worker did not
-//! apply is simply read again after a pause or crash.
+//! commit is simply read again after a pause or crash.
 
 use super::csv_input::{CsvInput, Record, Row};
-use super::{field_count_error, spool_path, utf8_fields, JobContext, JobRun, KindError, Unit};
+use super::{field_count_error, parse_cursor, utf8_fields, JobContext, JobRun, KindError, Step};
 use crate::dates;
-use crate::store::StoreError;
-use rusqlite::{params, Connection};
+use crate::store::{Batch, Day, Source};
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
@@ -28,9 +26,6 @@ struct Cursor {
     row: u64,
     width: usize,
     date_col: usize,
-    /// Records committed so far (cursors from before it was kept: counted).
-    #[serde(default)]
-    stored: Option<u64>,
 }
 
 #[derive(Clone, Copy)]
@@ -42,7 +37,7 @@ struct Layout {
 /// A data row as the reader thread prepared it.
 enum Parsed {
     Record {
-        date: [u8; 10],
+        day: Day,
         /// The row's non-date fields as a JSON array, in the chunk's arena.
         data: Range<usize>,
         /// Offset of the next row in the file.
@@ -60,79 +55,39 @@ struct Chunk {
 }
 
 pub struct Baseline {
-    seq: i64,
     layout: Layout,
-    /// The header's columns, to be recorded by the first step of a fresh job.
-    new_columns: Option<String>,
     offset: u64,
     row: u64,
-    /// Records of this job in the store once the open batch commits.
-    stored: u64,
     chunks: Option<Receiver<Result<Chunk, KindError>>>,
     reader: Option<JoinHandle<()>>,
     chunk: Chunk,
     next_in_chunk: usize,
-    /// Rows applied since the last commit, written out sorted by date in `sync`
-    /// (see the schema: each date of a batch becomes one range of ids).
-    pending: Vec<Pending>,
-    /// The pending rows' data, back to back.
-    arena: String,
 }
-
-struct Pending {
-    /// The date's digits as one number (YYYYMMDD): sorts as the date does.
-    day: u32,
-    row: u64,
-    data: Range<usize>,
-}
-
-/// `YYYYMMDD` of a validated `YYYY-MM-DD`.
-fn day_key(date: &[u8; 10]) -> u32 {
-    date.iter()
-        .filter(|b| b.is_ascii_digit())
-        .fold(0, |acc, &b| acc * 10 + u32::from(b - b'0'))
-}
-
-/// Records per INSERT statement: one statement keeps its cursor at the end of the
-/// table across rows, where one per row seeks from the root every time.
-const ROWS_PER_INSERT: usize = 64;
 
 impl Baseline {
-    pub fn open(ctx: &JobContext<'_>, conn: &Connection) -> Result<Baseline, KindError> {
-        let cursor: Option<Cursor> = match ctx.cursor {
-            Some(c) => Some(
-                serde_json::from_str(c)
-                    .map_err(|e| KindError::Fatal(format!("corrupt cursor: {e}")))?,
-            ),
-            None => None,
-        };
-        let stored = match &cursor {
-            None => 0,
-            Some(Cursor {
-                stored: Some(n), ..
-            }) => *n,
-            Some(_) => conn
-                .query_row(
-                    "SELECT COUNT(*) FROM baseline_records WHERE id BETWEEN ?1 AND ?2",
-                    params![record_id(ctx.seq, 0), record_id(ctx.seq, MAX_RECORDS)],
-                    |r| r.get::<_, i64>(0),
-                )?
-                .unsigned_abs(),
-        };
-        let (mut input, layout, new_columns, row) = match cursor {
+    /// Opens the upload at the cursor; a fresh job reads the header and records
+    /// its columns with the first batch.
+    pub fn open(
+        ctx: &JobContext<'_>,
+        src: &dyn Source,
+        batch: &mut Batch,
+    ) -> Result<Baseline, KindError> {
+        let cursor: Option<Cursor> = parse_cursor(ctx.cursor)?;
+        let upload = src.input(ctx.input)?;
+        let (mut input, layout, row) = match cursor {
             Some(c) => (
-                CsvInput::open(&spool_path(ctx), c.offset)?,
+                CsvInput::open(upload, c.offset)?,
                 Layout {
                     width: c.width,
                     date_col: c.date_col,
                 },
-                None,
                 c.row,
             ),
             None => {
-                let mut input = CsvInput::open(&spool_path(ctx), 0)?;
+                let mut input = CsvInput::open(upload, 0)?;
                 let (layout, columns) = read_header(&mut input)?;
-                (input, layout, Some(columns), 0)
+                batch.set_columns(columns);
+                (input, layout, 0)
             }
         };
         let offset = input.offset();
@@ -140,14 +95,11 @@ impl Baseline {
         let reader = std::thread::Builder::new()
             .name(format!("jobd-read-{}", ctx.seq))
             .spawn(move || read_ahead(&mut input, layout, &tx))
-            .map_err(|e| KindError::io("cannot start the reader thread", e))?;
+            .map_err(|e| KindError::Fatal(format!("cannot start the reader thread: {e}")))?;
         Ok(Baseline {
-            seq: ctx.seq,
             layout,
-            new_columns,
             offset,
             row,
-            stored,
             chunks: Some(rx),
             reader: Some(reader),
             chunk: Chunk {
@@ -155,8 +107,6 @@ impl Baseline {
                 arena: String::new(),
             },
             next_in_chunk: 0,
-            pending: Vec::new(),
-            arena: String::new(),
         })
     }
 
@@ -183,8 +133,8 @@ impl Baseline {
     }
 }
 
-/// Reads the header: the `date` column's position and the other columns as JSON.
-fn read_header(input: &mut CsvInput) -> Result<(Layout, String), KindError> {
+/// Reads the header: the `date` column's position and the other columns.
+fn read_header(input: &mut CsvInput) -> Result<(Layout, Vec<String>), KindError> {
     let header = input.header()?;
     let date_col = header
         .iter()
@@ -195,21 +145,14 @@ fn read_header(input: &mut CsvInput) -> Result<(Layout, String), KindError> {
                 header.join(",")
             ))
         })?;
-    let columns: Vec<&str> = header
-        .iter()
+    let width = header.len();
+    let columns = header
+        .into_iter()
         .enumerate()
         .filter(|&(i, _)| i != date_col)
-        .map(|(_, h)| h.as_str())
+        .map(|(_, h)| h)
         .collect();
-    let columns = serde_json::to_string(&columns)
-        .map_err(|e| KindError::Fatal(format!("cannot encode the header: {e}")))?;
-    Ok((
-        Layout {
-            width: header.len(),
-            date_col,
-        },
-        columns,
-    ))
+    Ok((Layout { width, date_col }, columns))
 }
 
 /// The reader thread: parses, validates and encodes rows until the file ends, an
@@ -239,7 +182,7 @@ fn read_ahead(input: &mut CsvInput, layout: Layout, tx: &SyncSender<Result<Chunk
             };
             let end = input.offset();
             chunk.rows.push(match parsed {
-                Ok((date, data)) => Parsed::Record { date, data, end },
+                Ok((day, data)) => Parsed::Record { day, data, end },
                 Err(message) => Parsed::Rejected { message, end },
             });
         }
@@ -255,17 +198,15 @@ fn parse_row(
     rec: &Record,
     layout: Layout,
     arena: &mut String,
-) -> Result<([u8; 10], Range<usize>), String> {
+) -> Result<(Day, Range<usize>), String> {
     if rec.len() != layout.width {
         return Err(field_count_error(layout.width, rec.len()));
     }
     let fields = utf8_fields(rec)?;
     let date = fields[layout.date_col];
-    if dates::parse(date).is_none() {
+    let Some(day) = dates::parse(date) else {
         return Err(format!("date {date:?} is not a valid YYYY-MM-DD date"));
-    }
-    let mut day = [0u8; 10];
-    day.copy_from_slice(date.as_bytes());
+    };
     let start = arena.len();
     encode_json_array(
         arena,
@@ -279,37 +220,22 @@ fn parse_row(
 }
 
 impl JobRun for Baseline {
-    fn step(&mut self, conn: &Connection) -> Result<Option<Unit>, KindError> {
-        if let Some(columns) = self.new_columns.take() {
-            conn.execute(
-                "INSERT INTO baseline_columns (job_seq, columns) VALUES (?1, ?2)",
-                params![self.seq, columns],
-            )?;
-        }
+    fn step(&mut self, _src: &dyn Source, batch: &mut Batch) -> Result<Step, KindError> {
         let Some(i) = self.next_parsed()? else {
-            return Ok(None);
+            return Ok(Step::Done);
         };
         self.row += 1;
         match &self.chunk.rows[i] {
-            Parsed::Record { date, data, end } => {
-                let start = self.arena.len();
-                self.arena.push_str(&self.chunk.arena[data.clone()]);
-                self.pending.push(Pending {
-                    day: day_key(date),
-                    row: self.row,
-                    data: start..self.arena.len(),
-                });
+            Parsed::Record { day, data, end } => {
+                batch.add_record(self.row, *day, &self.chunk.arena[data.clone()]);
                 self.offset = *end;
-                Ok(Some(Unit::Applied))
             }
             Parsed::Rejected { message, end } => {
+                batch.reject(self.row, message.clone());
                 self.offset = *end;
-                Ok(Some(Unit::Rejected {
-                    row: self.row,
-                    message: message.clone(),
-                }))
             }
         }
+        Ok(Step::Unit)
     }
 
     fn cursor(&self) -> String {
@@ -318,74 +244,12 @@ impl JobRun for Baseline {
             "row": self.row,
             "width": self.layout.width,
             "date_col": self.layout.date_col,
-            "stored": self.stored,
         })
         .to_string()
     }
 
     fn total(&self) -> Option<u64> {
         None
-    }
-
-    fn sync(&mut self, conn: &Connection, interrupt: &AtomicBool) -> Result<(), KindError> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let stored = self.stored + self.pending.len() as u64;
-        if stored > MAX_RECORDS {
-            return Err(KindError::Fatal(format!(
-                "more than {MAX_RECORDS} records in one upload: split the file"
-            )));
-        }
-        // Pending rows are in row order: a stable sort by date gives (date, row).
-        self.pending.sort_by_key(|p| p.day);
-        let base = record_id(self.seq, self.stored);
-        let mut many = conn.prepare_cached(&insert_sql(ROWS_PER_INSERT))?;
-        let mut one = conn.prepare_cached(&insert_sql(1))?;
-        for (n, rows) in self.pending.chunks(ROWS_PER_INSERT).enumerate() {
-            if n % 16 == 15 && interrupt.load(Ordering::Relaxed) {
-                return Err(KindError::Interrupted);
-            }
-            let first = base + 1 + (n * ROWS_PER_INSERT) as i64;
-            let data = |p: &Pending| &self.arena[p.data.clone()];
-            if rows.len() == ROWS_PER_INSERT {
-                for (i, p) in rows.iter().enumerate() {
-                    many.raw_bind_parameter(3 * i + 1, first + i as i64)?;
-                    many.raw_bind_parameter(3 * i + 2, p.row as i64)?;
-                    many.raw_bind_parameter(3 * i + 3, data(p))?;
-                }
-                many.raw_execute()?;
-            } else {
-                for (i, p) in rows.iter().enumerate() {
-                    one.execute(params![first + i as i64, p.row as i64, data(p)])?;
-                }
-            }
-        }
-        let mut group = conn.prepare_cached(
-            "INSERT INTO baseline_groups (job_seq, date, first, last) VALUES (?1, ?2, ?3, ?4)",
-        )?;
-        let mut day = conn.prepare_cached(
-            "INSERT OR IGNORE INTO baseline_days (date, job_seq) VALUES (?1, ?2)",
-        )?;
-        let mut first = 0;
-        for (i, p) in self.pending.iter().enumerate() {
-            if self.pending.get(i + 1).is_none_or(|n| n.day != p.day) {
-                let date = format!(
-                    "{:04}-{:02}-{:02}",
-                    p.day / 10_000,
-                    p.day / 100 % 100,
-                    p.day % 100
-                );
-                let (lo, hi) = (base + 1 + first as i64, base + 1 + i as i64);
-                group.execute(params![self.seq, date, lo, hi])?;
-                day.execute(params![date, self.seq])?;
-                first = i + 1;
-            }
-        }
-        self.stored = stored;
-        self.pending.clear();
-        self.arena.clear();
-        Ok(())
     }
 }
 
@@ -398,39 +262,6 @@ impl Drop for Baseline {
             let _ = reader.join();
         }
     }
-}
-
-/// `INSERT INTO baseline_records` of `rows` rows.
-fn insert_sql(rows: usize) -> String {
-    let mut sql = String::from("INSERT INTO baseline_records (id, row, data) VALUES ");
-    for i in 0..rows {
-        sql.push_str(if i == 0 { "(?,?,?)" } else { ",(?,?,?)" });
-    }
-    sql
-}
-
-/// Records one job may hold: ordinals fill the low 32 bits of a record's id.
-const MAX_RECORDS: u64 = 0xffff_ffff;
-
-/// The id of a job's record with ordinal `n` (from 1): a job's records form one
-/// contiguous range, after those of every earlier job.
-fn record_id(seq: i64, n: u64) -> i64 {
-    (seq << 32) | (n & MAX_RECORDS) as i64
-}
-
-pub fn rollback(conn: &Connection, seq: i64) -> Result<(), StoreError> {
-    conn.execute(
-        "DELETE FROM baseline_records WHERE id BETWEEN ?1 AND ?2",
-        params![record_id(seq, 0), record_id(seq, MAX_RECORDS)],
-    )?;
-    conn.execute(
-        "DELETE FROM baseline_days WHERE job_seq = ?1
-           AND date IN (SELECT date FROM baseline_groups WHERE job_seq = ?1)",
-        [seq],
-    )?;
-    conn.execute("DELETE FROM baseline_groups WHERE job_seq = ?1", [seq])?;
-    conn.execute("DELETE FROM baseline_columns WHERE job_seq = ?1", [seq])?;
-    Ok(())
 }
 
 /// Appends `["a","b",...]` to `out`.

@@ -1,10 +1,10 @@
 //! `bulkTeam`: each data row creates a team (first column, trimmed) with the other
-//! non-empty fields as its members. Team names are unique per user.
+//! non-empty fields as its members. Team names are unique per user: the store
+//! refuses a name that exists, and that row becomes a row error.
 
 use super::csv_input::{CsvInput, Row};
-use super::{field_count_error, spool_path, utf8_fields, JobContext, JobRun, KindError, Unit};
-use crate::store::StoreError;
-use rusqlite::{params, Connection};
+use super::{field_count_error, parse_cursor, utf8_fields, JobContext, JobRun, KindError, Step};
+use crate::store::{Batch, Source};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize)]
@@ -16,26 +16,17 @@ struct Cursor {
 
 pub struct BulkTeam {
     input: CsvInput,
-    seq: i64,
-    owner_uid: u32,
     /// Fields per row, once the header has been read.
     width: Option<usize>,
     row: u64,
 }
 
 impl BulkTeam {
-    pub fn open(ctx: &JobContext<'_>) -> Result<BulkTeam, KindError> {
-        let cursor: Option<Cursor> = match ctx.cursor {
-            Some(c) => Some(
-                serde_json::from_str(c)
-                    .map_err(|e| KindError::Fatal(format!("corrupt cursor: {e}")))?,
-            ),
-            None => None,
-        };
+    pub fn open(ctx: &JobContext<'_>, src: &dyn Source) -> Result<BulkTeam, KindError> {
+        let cursor: Option<Cursor> = parse_cursor(ctx.cursor)?;
+        let offset = cursor.as_ref().map_or(0, |c| c.offset);
         Ok(BulkTeam {
-            input: CsvInput::open(&spool_path(ctx), cursor.as_ref().map_or(0, |c| c.offset))?,
-            seq: ctx.seq,
-            owner_uid: ctx.owner_uid,
+            input: CsvInput::open(src.input(ctx.input)?, offset)?,
             width: cursor.as_ref().map(|c| c.width),
             row: cursor.map_or(0, |c| c.row),
         })
@@ -43,7 +34,7 @@ impl BulkTeam {
 }
 
 impl JobRun for BulkTeam {
-    fn step(&mut self, conn: &Connection) -> Result<Option<Unit>, KindError> {
+    fn step(&mut self, _src: &dyn Source, batch: &mut Batch) -> Result<Step, KindError> {
         let width = match self.width {
             Some(w) => w,
             None => {
@@ -53,47 +44,41 @@ impl JobRun for BulkTeam {
             }
         };
         let Some(next) = self.input.next()? else {
-            return Ok(None);
+            return Ok(Step::Done);
         };
         self.row += 1;
         let row = self.row;
-        let rejected = |message: String| Ok(Some(Unit::Rejected { row, message }));
         let rec = match next {
             Row::Fields(rec) => rec,
-            Row::Malformed(message) => return rejected(message),
+            Row::Malformed(message) => {
+                batch.reject(row, message);
+                return Ok(Step::Unit);
+            }
         };
         if rec.len() != width {
-            return rejected(field_count_error(width, rec.len()));
+            batch.reject(row, field_count_error(width, rec.len()));
+            return Ok(Step::Unit);
         }
         let fields = match utf8_fields(rec) {
             Ok(f) => f,
-            Err(message) => return rejected(message),
+            Err(message) => {
+                batch.reject(row, message);
+                return Ok(Step::Unit);
+            }
         };
         let name = fields[0].trim();
         if name.is_empty() {
-            return rejected("empty team name".into());
+            batch.reject(row, "empty team name".into());
+            return Ok(Step::Unit);
         }
-        let inserted = conn
-            .prepare_cached(
-                "INSERT INTO teams (owner_uid, name, job_seq, row) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (owner_uid, name) DO NOTHING",
-            )?
-            .execute(params![self.owner_uid, name, self.seq, row as i64])?;
-        if inserted == 0 {
-            return rejected(format!("team {name:?} already exists"));
-        }
-        let team_id = conn.last_insert_rowid();
-        let mut add = conn.prepare_cached(
-            "INSERT INTO team_members (team_id, position, member) VALUES (?1, ?2, ?3)",
-        )?;
         let members = fields[1..]
             .iter()
             .map(|m| m.trim())
-            .filter(|m| !m.is_empty());
-        for (position, member) in members.enumerate() {
-            add.execute(params![team_id, position as i64, member])?;
-        }
-        Ok(Some(Unit::Applied))
+            .filter(|m| !m.is_empty())
+            .map(String::from)
+            .collect();
+        batch.add_team(row, name.to_string(), members);
+        Ok(Step::Unit)
     }
 
     fn cursor(&self) -> String {
@@ -108,13 +93,4 @@ impl JobRun for BulkTeam {
     fn total(&self) -> Option<u64> {
         None
     }
-}
-
-pub fn rollback(conn: &Connection, seq: i64) -> Result<(), StoreError> {
-    conn.execute(
-        "DELETE FROM team_members WHERE team_id IN (SELECT id FROM teams WHERE job_seq = ?1)",
-        [seq],
-    )?;
-    conn.execute("DELETE FROM teams WHERE job_seq = ?1", [seq])?;
-    Ok(())
 }

@@ -1,5 +1,5 @@
-//! A CSV file read record by record from a byte offset, so a job can stop at any
-//! record boundary and resume there with a fresh file handle.
+//! An upload read as CSV record by record from a byte offset, so a job can stop at
+//! any record boundary and resume there with a fresh reader.
 //!
 //! Built on `csv_core` with buffers of bounded size: a record larger than
 //! [`MAX_RECORD_BYTES`] is skipped and reported as malformed instead of being held
@@ -7,10 +7,8 @@
 //! reported too, instead of silently swallowing the rows after it.
 
 use super::KindError;
-use csv_core::{ReadRecordResult, Reader};
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
+use crate::store::{Input, Reader};
+use csv_core::ReadRecordResult;
 
 /// The largest record kept, in bytes and in fields; larger ones are row errors.
 pub const MAX_RECORD_BYTES: usize = 16 << 20;
@@ -47,8 +45,9 @@ pub enum Row<'a> {
 }
 
 pub struct CsvInput {
-    file: File,
-    core: Reader,
+    input: Box<dyn Input>,
+    reader: Box<dyn Reader>,
+    core: csv_core::Reader,
     inbuf: Vec<u8>,
     pos: usize,
     filled: usize,
@@ -56,32 +55,25 @@ pub struct CsvInput {
     /// Offset in the file of the next byte csv_core will see.
     offset: u64,
     file_len: u64,
-    path: std::path::PathBuf,
     out: Vec<u8>,
     ends: Vec<usize>,
     record: Record,
 }
 
 impl CsvInput {
-    pub fn open(path: &Path, offset: u64) -> Result<CsvInput, KindError> {
-        let mut file = File::open(path)
-            .map_err(|e| KindError::io(format!("cannot open {}", path.display()), e))?;
-        let file_len = file
-            .metadata()
-            .map_err(|e| KindError::io("cannot read the upload's size", e))?
-            .len();
-        file.seek(SeekFrom::Start(offset))
-            .map_err(|e| KindError::io("cannot seek in the upload", e))?;
+    pub fn open(input: Box<dyn Input>, offset: u64) -> Result<CsvInput, KindError> {
+        let reader = input.open_at(offset)?;
+        let file_len = input.size();
         Ok(CsvInput {
-            file,
-            core: Reader::new(),
+            input,
+            reader,
+            core: csv_core::Reader::new(),
             inbuf: vec![0; READ_BUF],
             pos: 0,
             filled: 0,
             eof: false,
             offset,
             file_len,
-            path: path.to_path_buf(),
             out: vec![0; 4096],
             ends: vec![0; 64],
             record: Record::default(),
@@ -95,10 +87,7 @@ impl CsvInput {
         let mut too_large = false;
         loop {
             if self.pos == self.filled && !self.eof {
-                self.filled = self
-                    .file
-                    .read(&mut self.inbuf)
-                    .map_err(|e| KindError::io("cannot read the upload", e))?;
+                self.filled = self.reader.read(&mut self.inbuf)?;
                 self.pos = 0;
                 self.eof = self.filled == 0;
             }
@@ -186,16 +175,18 @@ impl CsvInput {
 
     /// Whether the last record, from `start` to the end of the file, ends inside a
     /// quoted field. Only the last record can: elsewhere a quote is closed or
-    /// it would have run on to the end. Read again from disk; the record is bounded.
+    /// it would have run on to the end. Read again from the store; the record is bounded.
     fn ends_in_open_quote(&self, start: u64) -> Result<bool, KindError> {
-        let mut f =
-            File::open(&self.path).map_err(|e| KindError::io("cannot reopen the upload", e))?;
-        f.seek(SeekFrom::Start(start))
-            .map_err(|e| KindError::io("cannot seek in the upload", e))?;
-        let mut raw = Vec::new();
-        f.take(MAX_RECORD_BYTES as u64 + 1)
-            .read_to_end(&mut raw)
-            .map_err(|e| KindError::io("cannot read the upload", e))?;
+        let mut r = self.input.open_at(start)?;
+        let mut raw = vec![0; (self.file_len - start).min(MAX_RECORD_BYTES as u64 + 1) as usize];
+        let mut filled = 0;
+        while filled < raw.len() {
+            match r.read(&mut raw[filled..])? {
+                0 => break,
+                n => filled += n,
+            }
+        }
+        raw.truncate(filled);
         Ok(open_quote_at_end(&raw))
     }
 }

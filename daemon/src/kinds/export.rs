@@ -1,24 +1,22 @@
 //! `createExport`: for each date of an inclusive range, the caller's baseline records
-//! of that date are appended to the job's CSV file.
+//! of that date are appended to the job's output (CSV).
 //!
 //! What an export sees is fixed when it starts: the baseline jobs completed by then
-//! (`finished_seq <= snapshot`), and the header they make — `date`, then the union
-//! of their columns in first-seen order. The file is truncated back to the length
-//! recorded with the cursor on every resume, so a date is never written twice.
+//! (the store's snapshot), and the header they make — `date`, then the union of
+//! their columns in first-seen order. A date's records are read in pages; a date
+//! with more records than fit in a batch is committed in parts, the cursor naming
+//! the last record written, so memory stays flat however big a date is.
 
-use super::{JobContext, JobRun, KindError, Unit};
-use crate::dates;
-use csv::{Writer, WriterBuilder};
-use rusqlite::{params, Connection};
+use super::{parse_cursor, JobContext, JobRun, KindError, Step};
+use crate::store::{Batch, DayQuery, DayRecord, Owner, RecordKey, Source};
+use csv::WriterBuilder;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::{Seek, SeekFrom};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+
+/// Records asked of the store at a time.
+const PAGE: usize = 4096;
 
 /// The inclusive range, as stored in the job's `input`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -44,10 +42,13 @@ impl ExportRange {
 
 #[derive(Serialize, Deserialize)]
 struct Cursor {
+    /// The date (day number) being exported.
     next: i64,
-    file_len: u64,
     snapshot: i64,
     columns: Vec<String>,
+    /// The last record written of date `next`, when it is written in parts.
+    #[serde(default)]
+    after: Option<RecordKey>,
 }
 
 /// A field of a stored record, borrowed unless it had escapes.
@@ -57,55 +58,42 @@ struct Field<'a>(#[serde(borrow)] Cow<'a, str>);
 pub struct Export {
     range: ExportRange,
     owner_uid: u32,
-    path: PathBuf,
-    writer: Writer<File>,
+    owner: String,
     cursor: Cursor,
     /// Output position of each column, by name.
     column_index: HashMap<String, usize>,
     /// For each source job: where each of its columns goes in the output.
     job_maps: HashMap<i64, Arc<[Option<usize>]>>,
     out: Vec<String>,
+    page: Vec<DayRecord>,
 }
 
 impl Export {
-    pub fn open(ctx: &JobContext<'_>, conn: &Connection) -> Result<Export, KindError> {
+    pub fn open(
+        ctx: &JobContext<'_>,
+        src: &dyn Source,
+        batch: &mut Batch,
+    ) -> Result<Export, KindError> {
         let range = ExportRange::from_input(ctx.input)?;
-        let path = ctx.paths.export_file(ctx.id);
-        let saved: Option<Cursor> = match ctx.cursor {
-            Some(c) => Some(
-                serde_json::from_str(c)
-                    .map_err(|e| KindError::Fatal(format!("corrupt cursor: {e}")))?,
-            ),
-            None => None,
+        let owner = Owner {
+            uid: ctx.owner_uid,
+            name: ctx.owner,
         };
-        let io = |what: &str| {
-            let what = format!("{what} {}", path.display());
-            move |e| KindError::io(what, e)
-        };
-        let fresh = saved.is_none();
-        let cursor = match saved {
+        let cursor = match parse_cursor::<Cursor>(ctx.cursor)? {
             Some(c) => c,
-            None => fresh_cursor(conn, range, ctx.owner_uid)?,
+            None => {
+                let plan = src.export_plan(owner, range.from, range.to)?;
+                let c = Cursor {
+                    next: range.from,
+                    snapshot: plan.snapshot,
+                    columns: plan.columns,
+                    after: None,
+                };
+                let header = std::iter::once("date").chain(c.columns.iter().map(String::as_str));
+                write_csv(batch.output_mut(), [header])?;
+                c
+            }
         };
-        let mut file = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io("cannot open"))?;
-        // Whatever was written after the last commit is not part of the export.
-        let keep = if fresh { 0 } else { cursor.file_len };
-        file.set_len(keep).map_err(io("cannot truncate"))?;
-        file.seek(SeekFrom::Start(keep))
-            .map_err(io("cannot seek in"))?;
-        let mut writer = WriterBuilder::new().from_writer(file);
-        if fresh {
-            let header = std::iter::once("date").chain(cursor.columns.iter().map(String::as_str));
-            writer
-                .write_record(header)
-                .map_err(|e| KindError::Fatal(format!("cannot write the header: {e}")))?;
-        }
         let column_index = cursor
             .columns
             .iter()
@@ -113,38 +101,28 @@ impl Export {
             .map(|(i, c)| (c.clone(), i + 1))
             .collect();
         let width = cursor.columns.len() + 1;
-        let mut export = Export {
+        Ok(Export {
             range,
             owner_uid: ctx.owner_uid,
-            path,
-            writer,
+            owner: ctx.owner.to_string(),
             cursor,
             column_index,
             job_maps: HashMap::new(),
             out: vec![String::new(); width],
-        };
-        if fresh {
-            export.sync(conn, &AtomicBool::new(false))?;
-        }
-        Ok(export)
+            page: Vec::new(),
+        })
     }
 
     fn job_map(
         &mut self,
-        conn: &Connection,
+        src: &dyn Source,
         job_seq: i64,
     ) -> Result<Arc<[Option<usize>]>, KindError> {
         if let Some(map) = self.job_maps.get(&job_seq) {
             return Ok(Arc::clone(map));
         }
-        let columns: String = conn.query_row(
-            "SELECT columns FROM baseline_columns WHERE job_seq = ?1",
-            [job_seq],
-            |r| r.get(0),
-        )?;
-        let columns: Vec<String> = serde_json::from_str(&columns)
-            .map_err(|e| KindError::Fatal(format!("corrupt columns of a baseline: {e}")))?;
-        let map: Arc<[Option<usize>]> = columns
+        let map: Arc<[Option<usize>]> = src
+            .columns_of(job_seq)?
             .iter()
             .map(|c| self.column_index.get(c).copied())
             .collect();
@@ -153,103 +131,77 @@ impl Export {
     }
 }
 
-/// Fixes the snapshot and the header of a fresh export.
-fn fresh_cursor(
-    conn: &Connection,
-    range: ExportRange,
-    owner_uid: u32,
-) -> Result<Cursor, KindError> {
-    let snapshot: i64 =
-        conn.query_row("SELECT COALESCE(MAX(finished_seq), 0) FROM jobs", [], |r| {
-            r.get(0)
-        })?;
-    // Jobs in the order their first record appears in the output: date, then job.
-    let mut stmt = conn.prepare(
-        "SELECT c.columns FROM
-            (SELECT d.job_seq, MIN(d.date) AS first FROM baseline_days d
-               JOIN jobs j ON j.seq = d.job_seq
-              WHERE d.date BETWEEN ?2 AND ?3 AND j.owner_uid = ?1
-                AND j.state = 'completed' AND j.finished_seq <= ?4
-              GROUP BY d.job_seq) AS x
-         JOIN baseline_columns c ON c.job_seq = x.job_seq
-         ORDER BY x.first, x.job_seq",
-    )?;
-    let rows = stmt.query_map(
-        params![
-            owner_uid,
-            dates::format(range.from),
-            dates::format(range.to),
-            snapshot
-        ],
-        |r| r.get::<_, String>(0),
-    )?;
-    let mut columns: Vec<String> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for job_columns in rows {
-        let job_columns: Vec<String> = serde_json::from_str(&job_columns?)
-            .map_err(|e| KindError::Fatal(format!("corrupt columns of a baseline: {e}")))?;
-        for c in job_columns {
-            if seen.insert(c.clone()) {
-                columns.push(c);
-            }
-        }
+/// Appends CSV records to `out`, as the `csv` crate writes them by default.
+fn write_csv<R, I, F>(out: &mut Vec<u8>, records: R) -> Result<(), KindError>
+where
+    R: IntoIterator<Item = I>,
+    I: IntoIterator<Item = F>,
+    F: AsRef<[u8]>,
+{
+    let mut w = WriterBuilder::new().from_writer(out);
+    for r in records {
+        w.write_record(r)
+            .map_err(|e| KindError::Fatal(format!("cannot write the export: {e}")))?;
     }
-    Ok(Cursor {
-        next: range.from,
-        file_len: 0,
-        snapshot,
-        columns,
-    })
+    w.flush()
+        .map_err(|e| KindError::Fatal(format!("cannot write the export: {e}")))
 }
 
 impl JobRun for Export {
-    fn step(&mut self, conn: &Connection) -> Result<Option<Unit>, KindError> {
+    fn step(&mut self, src: &dyn Source, batch: &mut Batch) -> Result<Step, KindError> {
         if self.cursor.next > self.range.to {
-            return Ok(None);
+            return Ok(Step::Done);
         }
-        let date = dates::format(self.cursor.next);
-        let jobs: Vec<i64> = conn
-            .prepare_cached(
-                "SELECT d.job_seq FROM baseline_days d JOIN jobs j ON j.seq = d.job_seq
-                 WHERE d.date = ?1 AND j.owner_uid = ?2
-                   AND j.state = 'completed' AND j.finished_seq <= ?3
-                 ORDER BY d.job_seq",
-            )?
-            .query_map(params![date, self.owner_uid, self.cursor.snapshot], |r| {
-                r.get(0)
-            })?
-            .collect::<Result<_, _>>()?;
-        for job_seq in jobs {
-            let map = self.job_map(conn, job_seq)?;
-            let mut stmt = conn.prepare_cached(
-                "SELECT r.data FROM baseline_groups g
-                 JOIN baseline_records r ON r.id BETWEEN g.first AND g.last
-                 WHERE g.job_seq = ?1 AND g.date = ?2
-                 ORDER BY g.first, r.id",
-            )?;
-            let mut rows = stmt.query(params![job_seq, date])?;
-            while let Some(row) = rows.next()? {
-                let corrupt = |e: &dyn std::fmt::Display| {
-                    KindError::Fatal(format!("corrupt baseline record: {e}"))
-                };
-                let data = row.get_ref(0)?.as_str().map_err(|e| corrupt(&e))?;
-                let values: Vec<Field<'_>> = serde_json::from_str(data).map_err(|e| corrupt(&e))?;
-                for v in self.out.iter_mut() {
-                    v.clear();
-                }
-                self.out[0].push_str(&date);
-                for (value, slot) in values.iter().zip(map.iter()) {
-                    if let Some(i) = slot {
-                        self.out[*i].push_str(&value.0);
-                    }
-                }
-                self.writer.write_record(&self.out).map_err(|e| {
-                    KindError::Fatal(format!("cannot write {}: {e}", self.path.display()))
-                })?;
+        let date = crate::dates::format(self.cursor.next);
+        let mut page = std::mem::take(&mut self.page);
+        page.clear();
+        src.day_records(
+            &DayQuery {
+                owner: Owner {
+                    uid: self.owner_uid,
+                    name: &self.owner,
+                },
+                snapshot: self.cursor.snapshot,
+                day: self.cursor.next,
+                after: self.cursor.after,
+                limit: PAGE,
+            },
+            &mut page,
+        )?;
+        let mut w = WriterBuilder::new().from_writer(batch.output_mut());
+        for rec in &page {
+            let map = self.job_map(src, rec.key.job_seq)?;
+            let corrupt = |e: &dyn std::fmt::Display| {
+                KindError::Fatal(format!("corrupt baseline record: {e}"))
+            };
+            let values: Vec<Field<'_>> =
+                serde_json::from_str(&rec.data).map_err(|e| corrupt(&e))?;
+            for v in self.out.iter_mut() {
+                v.clear();
             }
+            self.out[0].push_str(&date);
+            for (value, slot) in values.iter().zip(map.iter()) {
+                if let Some(i) = slot {
+                    self.out[*i].push_str(&value.0);
+                }
+            }
+            w.write_record(&self.out)
+                .map_err(|e| KindError::Fatal(format!("cannot write the export: {e}")))?;
         }
-        self.cursor.next += 1;
-        Ok(Some(Unit::Applied))
+        w.flush()
+            .map_err(|e| KindError::Fatal(format!("cannot write the export: {e}")))?;
+        drop(w);
+        let step = if page.len() < PAGE {
+            self.cursor.next += 1;
+            self.cursor.after = None;
+            batch.day_done();
+            Step::Unit
+        } else {
+            self.cursor.after = page.last().map(|r| r.key);
+            Step::Part
+        };
+        self.page = page;
+        Ok(step)
     }
 
     fn cursor(&self) -> String {
@@ -258,19 +210,5 @@ impl JobRun for Export {
 
     fn total(&self) -> Option<u64> {
         Some(self.range.days())
-    }
-
-    fn sync(&mut self, _conn: &Connection, _interrupt: &AtomicBool) -> Result<(), KindError> {
-        let path = self.path.display().to_string();
-        self.writer
-            .flush()
-            .map_err(|e| KindError::io(format!("cannot write {path}"), e))?;
-        let mut file: &File = self.writer.get_ref();
-        file.sync_data()
-            .map_err(|e| KindError::io(format!("cannot sync {path}"), e))?;
-        self.cursor.file_len = file
-            .stream_position()
-            .map_err(|e| KindError::io(format!("cannot tell the size of {path}"), e))?;
-        Ok(())
     }
 }

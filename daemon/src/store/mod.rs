@@ -1,148 +1,298 @@
-//! The store: an embedded SQLite database (WAL) behind a narrow interface —
-//! create jobs, commit a batch of effects with the job's cursor, roll a job back,
-//! read what clients ask for.
+//! The store: where jobs, their effects, their input and their output live.
 //!
-//! Connections are pooled; a caller takes one, uses it on a blocking thread and gives
-//! it back on drop. The pool's lock is held only to pop or push, never across I/O.
+//! This module is the interface; `sqlite/` (the embedded default: a database file
+//! with spool and export files beside it) and `postgres/` (everything in one
+//! database, shared by every node) implement it. No other part of the daemon names
+//! a database crate or writes SQL.
+//!
+//! A job kind reads its input through [`Source`] and turns units into typed effects
+//! ([`Batch`]); the worker hands a batch to [`Store::commit`], which applies it
+//! together with the job's progress and cursor in one transaction. Everything here
+//! blocks: call it from a blocking thread, never from async code.
 
-mod checkpoint;
-pub mod jobs;
-mod schema;
+mod batch;
+pub mod postgres;
+pub mod sqlite;
+mod url;
 
-pub use jobs::{JobRow, NewJob, StoredState};
+pub use batch::{tally, Batch, Record, Team};
+pub use url::StoreUrl;
 
-use rusqlite::Connection;
-use std::ops::{Deref, DerefMut};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use jobd_protocol::{JobKind, JobState, RowError};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use thiserror::Error;
+
+/// A date as days since 1970-01-01 (see [`crate::dates`]).
+pub type Day = i64;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
+    /// The store cannot be reached right now (server down, network cut); the same
+    /// call may succeed later.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    /// A file of the store (spool, export) could not be read or written.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
     #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Database(String),
     #[error("corrupt store: {0}")]
     Corrupt(String),
+    /// The store as configured cannot be used: a bad URL, a wrong password, a
+    /// missing database, a database that is not jobd's, a newer layout.
+    #[error("{0}")]
+    Config(String),
+    /// The server turned us away (permissions, no connection slots).
+    #[error("{0}")]
+    Refused(String),
+    /// Another job already has this id (ids are allocated without the store).
+    #[error("job id {0} is already taken")]
+    DuplicateId(String),
 }
 
-#[derive(Clone)]
-pub struct Store {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    path: PathBuf,
-    pool: Mutex<Vec<Connection>>,
-    writes: Arc<tokio::sync::Mutex<()>>,
-    /// Started at the first bulk commit: never before `--daemon` forks (a thread
-    /// holding a lock across the fork would deadlock the child).
-    checkpointer: OnceLock<Option<checkpoint::Checkpointer>>,
-}
-
-/// Held for the whole of a write transaction. SQLite lets one writer in at a time
-/// but does not queue the others: a worker that commits and begins again at once
-/// would starve every other writer until its busy timeout. This lock is FIFO.
-pub type WriteLock = tokio::sync::OwnedMutexGuard<()>;
-
-impl Store {
-    /// Opens (creating if needed) the database and applies the schema.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let conn = open_connection(path)?;
-        schema::apply(&conn)?;
-        Ok(Store {
-            inner: Arc::new(Inner {
-                path: path.to_path_buf(),
-                pool: Mutex::new(vec![conn]),
-                writes: Arc::new(tokio::sync::Mutex::new(())),
-                checkpointer: OnceLock::new(),
-            }),
-        })
-    }
-
-    /// Tells the checkpoint thread that a bulk write committed.
-    pub fn committed_bulk(&self) {
-        let checkpointer = self.inner.checkpointer.get_or_init(|| {
-            checkpoint::Checkpointer::start(&self.inner.path)
-                .map_err(|e| tracing::warn!(error = %e, "cannot start the checkpoint thread"))
-                .ok()
-        });
-        if let Some(c) = checkpointer {
-            c.nudge();
+impl StoreError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> StoreError {
+        StoreError::Io {
+            context: context.into(),
+            source,
         }
     }
 
-    /// Waits for this process's turn to write. Call from a blocking thread only.
-    pub fn lock_writes(&self) -> WriteLock {
-        Arc::clone(&self.inner.writes).blocking_lock_owned()
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
     }
+}
 
-    /// Lets idle pooled connections drop their page caches (each may hold up to
-    /// `cache_size` of pages a burst of work read).
-    pub fn shrink(&self) {
-        let Ok(pool) = self.inner.pool.lock() else {
-            return;
-        };
-        for conn in pool.iter() {
-            let _ = conn.execute_batch("PRAGMA shrink_memory");
+/// Why a commit did not happen; the batch is untouched and may be committed again.
+#[derive(Debug, Error)]
+pub enum CommitError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A control is waiting: the long write gave up.
+    #[error("interrupted by a control")]
+    Interrupted,
+    /// The batch's row errors, with those the store found (existing team names),
+    /// would pass the job's limit; `0` is the first one past it.
+    #[error("row error limit reached at row {}", .0.row)]
+    OverLimit(RowError),
+}
+
+/// A job state as stored. `Terminating` marks a terminate whose rollback has not
+/// committed yet; recovery finishes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredState {
+    Public(JobState),
+    Terminating,
+}
+
+impl StoredState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoredState::Public(s) => s.as_str(),
+            StoredState::Terminating => "terminating",
         }
     }
 
-    /// A connection from the pool, or a new one.
-    pub fn conn(&self) -> Result<PooledConn, StoreError> {
-        let pooled = self.inner.pool.lock().ok().and_then(|mut p| p.pop());
-        let conn = match pooled {
-            Some(c) => c,
-            None => open_connection(&self.inner.path)?,
-        };
-        Ok(PooledConn {
-            conn: Some(conn),
-            store: self.clone(),
-        })
-    }
-}
-
-/// `wal_autocheckpoint` is 16384 pages (64 MiB): a bound, not the usual way (see
-/// [`checkpoint`]); a WAL that grew past 64 MiB is cut back when it starts over.
-fn open_connection(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path)?;
-    conn.busy_timeout(Duration::from_secs(30))?;
-    // FULL: an acknowledged commit survives power loss, not only a crash.
-    conn.execute_batch(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF; PRAGMA cache_size=-16384; PRAGMA wal_autocheckpoint=16384; PRAGMA journal_size_limit=67108864;",
-    )?;
-    conn.set_prepared_statement_cache_capacity(64);
-    Ok(conn)
-}
-
-/// A pooled connection; returns to the pool when dropped.
-pub struct PooledConn {
-    conn: Option<Connection>,
-    store: Store,
-}
-
-impl Deref for PooledConn {
-    type Target = Connection;
-    fn deref(&self) -> &Connection {
-        self.conn.as_ref().expect("connection present until drop")
-    }
-}
-
-impl DerefMut for PooledConn {
-    fn deref_mut(&mut self) -> &mut Connection {
-        self.conn.as_mut().expect("connection present until drop")
-    }
-}
-
-impl Drop for PooledConn {
-    fn drop(&mut self) {
-        if let (Some(conn), Ok(mut pool)) = (self.conn.take(), self.store.inner.pool.lock()) {
-            if pool.len() < 8 {
-                pool.push(conn);
-            }
+    pub fn parse(s: &str) -> Result<StoredState, StoreError> {
+        if s == "terminating" {
+            return Ok(StoredState::Terminating);
         }
+        s.parse()
+            .map(StoredState::Public)
+            .map_err(|_| StoreError::Corrupt(format!("unknown job state {s:?}")))
     }
 }
+
+/// A job to create.
+pub struct NewJob<'a> {
+    pub id: &'a str,
+    pub kind: JobKind,
+    pub owner_uid: u32,
+    pub owner: &'a str,
+    pub rate: Option<f64>,
+    pub total: Option<u64>,
+    /// What the job reads: the export range as JSON; an upload's job gets its
+    /// input from the upload.
+    pub input: &'a str,
+    pub created_at: u64,
+}
+
+/// A job as stored.
+#[derive(Debug, Clone)]
+pub struct JobRow {
+    pub seq: i64,
+    pub id: String,
+    pub kind: JobKind,
+    pub owner_uid: u32,
+    pub owner: String,
+    pub state: StoredState,
+    pub processed: u64,
+    pub failed: u64,
+    pub total: Option<u64>,
+    pub created_at: u64,
+    pub updated_at: u64,
+    pub error: Option<String>,
+    pub rate: Option<f64>,
+    /// The upload's name in the store, or the export range as JSON.
+    pub input: String,
+    /// Where the kind resumes (its own JSON), once a batch has committed.
+    pub cursor: Option<String>,
+}
+
+/// Committed counts of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    pub processed: u64,
+    pub failed: u64,
+    pub total: Option<u64>,
+}
+
+/// How a commit ends the job, if it does.
+#[derive(Debug, Clone, Copy)]
+pub enum End<'a> {
+    Completed,
+    Failed(&'a str),
+}
+
+/// What is committed with a batch besides its effects.
+#[derive(Debug, Clone, Copy)]
+pub struct Seal<'a> {
+    /// The job's committed counts before this batch.
+    pub before: Progress,
+    /// Units in all, when the kind knows.
+    pub total: Option<u64>,
+    /// Where to resume after this batch.
+    pub cursor: &'a str,
+    pub end: Option<End<'a>>,
+    /// Row errors the job may have in all.
+    pub max_failed: u64,
+}
+
+/// Whose data an export reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Owner<'a> {
+    pub uid: u32,
+    pub name: &'a str,
+}
+
+/// What an export sees, fixed when it starts: the baseline jobs completed by then
+/// (`snapshot`), and the columns their records in the range have, in order of
+/// first appearance in the output (date, then job).
+#[derive(Debug, Clone)]
+pub struct ExportPlan {
+    pub snapshot: i64,
+    pub columns: Vec<String>,
+}
+
+/// A baseline record's place in the export order: its job, then its ordinal.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct RecordKey {
+    pub job_seq: i64,
+    pub ordinal: u64,
+}
+
+/// Which records of a date an export asks for next.
+#[derive(Debug, Clone, Copy)]
+pub struct DayQuery<'a> {
+    pub owner: Owner<'a>,
+    pub snapshot: i64,
+    pub day: Day,
+    /// Only records after this one.
+    pub after: Option<RecordKey>,
+    /// About this many records; a store may return a few more.
+    pub limit: usize,
+}
+
+/// One record of a date, its fields as the JSON array of its job's columns.
+#[derive(Debug, Clone)]
+pub struct DayRecord {
+    pub key: RecordKey,
+    pub data: String,
+}
+
+/// Reads bytes kept by the store (an upload, an export's output).
+pub trait Reader: Send {
+    /// Like `std::io::Read::read`: 0 at the end.
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, StoreError>;
+}
+
+/// An upload as the store keeps it.
+pub trait Input: Send {
+    /// Its size in bytes.
+    fn size(&self) -> u64;
+    /// A reader from byte `offset` on.
+    fn open_at(&self, offset: u64) -> Result<Box<dyn Reader>, StoreError>;
+}
+
+/// An upload being received. Dropped without [`Upload::create_job`], it leaves
+/// nothing behind.
+pub trait Upload: Send {
+    fn write(&mut self, data: &[u8]) -> Result<(), StoreError>;
+    fn written(&self) -> u64;
+    /// Makes the upload durable and creates its job reading it: afterwards both
+    /// exist, or neither does.
+    fn create_job(self: Box<Self>, job: &NewJob<'_>) -> Result<JobRow, StoreError>;
+}
+
+/// What job kinds read: their input, and for exports the baseline records.
+pub trait Source: Send + Sync {
+    /// The upload a job reads (`JobRow::input`).
+    fn input(&self, input: &str) -> Result<Box<dyn Input>, StoreError>;
+    fn export_plan(&self, owner: Owner<'_>, from: Day, to: Day) -> Result<ExportPlan, StoreError>;
+    /// Appends to `out` the next records of a date, in export order.
+    fn day_records(&self, q: &DayQuery<'_>, out: &mut Vec<DayRecord>) -> Result<(), StoreError>;
+    /// The non-date columns of a baseline job, in its file's order.
+    fn columns_of(&self, job_seq: i64) -> Result<Vec<String>, StoreError>;
+}
+
+/// The store as the registry, workers and handlers use it.
+pub trait Store: Source {
+    /// Finishes what a crash interrupted (terminates, files no job needs) and
+    /// returns every job, in creation order.
+    fn recover(&self) -> Result<Vec<JobRow>, StoreError>;
+    /// Creates a job without an upload (an export).
+    fn insert_job(&self, job: &NewJob<'_>) -> Result<JobRow, StoreError>;
+    fn create_upload(&self) -> Result<Box<dyn Upload>, StoreError>;
+    fn load_job(&self, seq: i64) -> Result<JobRow, StoreError>;
+    fn set_state(
+        &self,
+        seq: i64,
+        state: StoredState,
+        error: Option<&str>,
+    ) -> Result<(), StoreError>;
+    /// Applies the batch's effects and stores the job's new counts and cursor (and
+    /// its end, if any) in one transaction; returns the counts committed. A job
+    /// that ends loses its input, and a failed one its output too.
+    fn commit(
+        &self,
+        seq: i64,
+        batch: &mut Batch,
+        seal: &Seal<'_>,
+        interrupt: &AtomicBool,
+    ) -> Result<Progress, CommitError>;
+    /// Undoes every effect of the job and ends it as `terminated`, in one
+    /// transaction; its input and output go too.
+    fn terminate(&self, seq: i64) -> Result<(), StoreError>;
+    /// Up to `limit` row errors after row `after`, in row order.
+    fn row_errors(&self, seq: i64, after: u64, limit: usize) -> Result<Vec<RowError>, StoreError>;
+    /// The output of a completed export.
+    fn output(&self, seq: i64) -> Result<Box<dyn Reader>, StoreError>;
+    /// False while the store is known to be unreachable.
+    fn is_available(&self) -> bool {
+        true
+    }
+    /// Gives back memory held for bursts of work; called when the daemon is idle.
+    fn shrink(&self) {}
+}
+
+/// The store every part of the daemon shares.
+pub type SharedStore = Arc<dyn Store>;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -150,4 +300,32 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// A store checked before the runtime exists (and before `--daemon` forks), so
+/// that a bad store stops jobd with a message and an exit code.
+pub enum Prepared {
+    Sqlite(sqlite::SqliteStore),
+    Postgres(Box<postgres::Checked>),
+}
+
+/// Opens the embedded store, or checks that the PostgreSQL database answers and
+/// has jobd's schema (creating or migrating it), waiting while it is unreachable.
+pub fn prepare(url: &StoreUrl, state_dir: &std::path::Path) -> Result<Prepared, StoreError> {
+    match url {
+        StoreUrl::Sqlite => Ok(Prepared::Sqlite(sqlite::SqliteStore::open(state_dir)?)),
+        StoreUrl::Postgres(url) => Ok(Prepared::Postgres(Box::new(
+            postgres::Checked::wait_and_check(url)?,
+        ))),
+    }
+}
+
+impl Prepared {
+    /// The store the daemon runs on; call inside the runtime.
+    pub fn open(self) -> Result<SharedStore, StoreError> {
+        Ok(match self {
+            Prepared::Sqlite(s) => Arc::new(s),
+            Prepared::Postgres(c) => Arc::new(c.open()?),
+        })
+    }
 }

@@ -1,7 +1,7 @@
 //! The SQLite schema. Effects of a job carry the job's `seq` so that one statement
 //! finds (and a terminate removes) everything a job wrote.
 
-use super::StoreError;
+use crate::store::StoreError;
 use rusqlite::Connection;
 
 /// Applied at every start; each statement is idempotent.
@@ -22,7 +22,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     rate         REAL,
     input        TEXT    NOT NULL,
     cursor       TEXT,
-    finished_seq INTEGER
+    finished_seq INTEGER,
+    -- An export's output committed so far: the file may be longer after a crash.
+    output_len   INTEGER NOT NULL DEFAULT 0
 );
 
 -- Baseline records are appended, never inserted in the middle: within a job, each
@@ -86,17 +88,18 @@ CREATE INDEX IF NOT EXISTS jobs_by_finish ON jobs(finished_seq);
 "#;
 
 /// The layout [`SCHEMA`] describes, kept in `PRAGMA user_version`. 0 is a new
-/// database or one from before layouts were numbered; 1 was never used.
-pub const LAYOUT: i64 = 2;
+/// database or one from before layouts were numbered; 1 was never used; 3 keeps
+/// an export's committed output length in `jobs` (2 kept it in the cursor).
+pub const LAYOUT: i64 = 3;
 
 /// Brings the database to [`LAYOUT`]: creates what is missing, and converts a
 /// store of the first layout (baseline records clustered by owner and date).
 pub fn apply(conn: &Connection) -> Result<(), StoreError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version > LAYOUT {
-        return Err(StoreError::Corrupt(format!(
+        return Err(StoreError::Config(format!(
             "the store has layout {version}, newer than this jobd's {LAYOUT}: \
-             it was written by a later version"
+             it was written by a later version of jobd"
         )));
     }
     conn.execute_batch("BEGIN IMMEDIATE")?;
@@ -111,6 +114,9 @@ pub fn apply(conn: &Connection) -> Result<(), StoreError> {
         conn.execute_batch(SCHEMA)?;
         if from_layout_0 {
             conn.execute_batch(FROM_LAYOUT_0)?;
+        }
+        if !has_column(conn, "jobs", "output_len")? {
+            conn.execute_batch(FROM_LAYOUT_2)?;
         }
         conn.execute_batch(&format!("PRAGMA user_version = {LAYOUT}"))?;
         Ok(())
@@ -151,6 +157,14 @@ INSERT INTO baseline_days (date, job_seq)
 DROP TABLE renumbered;
 DROP TABLE baseline_records_0;
 DROP TABLE baseline_days_0;
+"#;
+
+/// Layout 2 → 3: the committed length of an export's file moves from its cursor
+/// into the job's row.
+const FROM_LAYOUT_2: &str = r#"
+ALTER TABLE jobs ADD COLUMN output_len INTEGER NOT NULL DEFAULT 0;
+UPDATE jobs SET output_len = COALESCE(json_extract(cursor, '$.file_len'), 0)
+ WHERE kind = 'createExport' AND cursor IS NOT NULL;
 "#;
 
 #[cfg(test)]

@@ -1,66 +1,8 @@
 //! Job records: creation, state changes, progress with cursor, row errors.
 
-use super::{now_ms, StoreError};
+use crate::store::{now_ms, JobRow, NewJob, Progress, StoreError, StoredState};
 use jobd_protocol::{JobKind, JobState, RowError};
 use rusqlite::{params, Connection, OptionalExtension};
-
-/// A job state as stored. `Terminating` marks a terminate whose rollback has not
-/// committed yet; a restart finishes it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoredState {
-    Public(JobState),
-    Terminating,
-}
-
-impl StoredState {
-    fn as_str(self) -> &'static str {
-        match self {
-            StoredState::Public(s) => s.as_str(),
-            StoredState::Terminating => "terminating",
-        }
-    }
-
-    fn parse(s: &str) -> Result<StoredState, StoreError> {
-        if s == "terminating" {
-            return Ok(StoredState::Terminating);
-        }
-        s.parse()
-            .map(StoredState::Public)
-            .map_err(|_| StoreError::Corrupt(format!("unknown job state {s:?}")))
-    }
-}
-
-pub struct NewJob<'a> {
-    pub id: &'a str,
-    pub kind: JobKind,
-    pub owner_uid: u32,
-    pub owner: &'a str,
-    pub rate: Option<f64>,
-    pub total: Option<u64>,
-    /// The spool file name, or the export range as JSON.
-    pub input: &'a str,
-    pub created_at: u64,
-}
-
-/// A job as stored.
-#[derive(Debug, Clone)]
-pub struct JobRow {
-    pub seq: i64,
-    pub id: String,
-    pub kind: JobKind,
-    pub owner_uid: u32,
-    pub owner: String,
-    pub state: StoredState,
-    pub processed: u64,
-    pub failed: u64,
-    pub total: Option<u64>,
-    pub created_at: u64,
-    pub updated_at: u64,
-    pub error: Option<String>,
-    pub rate: Option<f64>,
-    pub input: String,
-    pub cursor: Option<String>,
-}
 
 const JOB_COLUMNS: &str = "seq, id, kind, owner_uid, owner, state, processed, failed, total, \
                            created_at, updated_at, error, rate, input, cursor";
@@ -97,9 +39,9 @@ fn finish_row((mut job, kind, state): (JobRow, String, String)) -> Result<JobRow
     Ok(job)
 }
 
-/// Inserts a queued job and returns its `seq`.
-pub fn insert(conn: &Connection, job: &NewJob<'_>) -> Result<i64, StoreError> {
-    conn.execute(
+/// Inserts a queued job reading `input` and returns its `seq`.
+pub fn insert(conn: &Connection, job: &NewJob<'_>, input: &str) -> Result<i64, StoreError> {
+    let inserted = conn.execute(
         "INSERT INTO jobs (id, kind, owner_uid, owner, state, total, created_at, updated_at, rate, input)
          VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?6, ?7, ?8)",
         params![
@@ -110,10 +52,18 @@ pub fn insert(conn: &Connection, job: &NewJob<'_>) -> Result<i64, StoreError> {
             job.total.map(|t| t as i64),
             job.created_at as i64,
             job.rate,
-            job.input
+            input
         ],
-    )?;
-    Ok(conn.last_insert_rowid())
+    );
+    match inserted {
+        Ok(_) => Ok(conn.last_insert_rowid()),
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            Err(StoreError::DuplicateId(job.id.to_string()))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Every job, in creation order.
@@ -154,40 +104,39 @@ pub fn set_state(
     Ok(())
 }
 
-/// Records progress and the cursor after the units it covers; part of the batch's
-/// transaction, so effects and cursor commit together.
+/// Records progress and the cursor after the units it covers (and an export's
+/// committed output length); part of the batch's transaction, so effects and
+/// cursor commit together.
 pub fn save_progress(
     conn: &Connection,
     seq: i64,
-    processed: u64,
-    failed: u64,
-    total: Option<u64>,
+    p: &Progress,
     cursor: &str,
+    output_len: Option<u64>,
 ) -> Result<(), StoreError> {
     conn.prepare_cached(
-        "UPDATE jobs SET processed = ?2, failed = ?3, total = ?4, cursor = ?5, updated_at = ?6
+        "UPDATE jobs SET processed = ?2, failed = ?3, total = ?4, cursor = ?5, updated_at = ?6,
+             output_len = COALESCE(?7, output_len)
          WHERE seq = ?1",
     )?
     .execute(params![
         seq,
-        processed as i64,
-        failed as i64,
-        total.map(|t| t as i64),
+        p.processed as i64,
+        p.failed as i64,
+        p.total.map(|t| t as i64),
         cursor,
-        now_ms() as i64
+        now_ms() as i64,
+        output_len.map(|l| l as i64)
     ])?;
     Ok(())
 }
 
-pub fn add_row_error(
-    conn: &Connection,
-    seq: i64,
-    row: u64,
-    message: &str,
-) -> Result<(), StoreError> {
-    conn.prepare_cached("INSERT INTO row_errors (job_seq, row, message) VALUES (?1, ?2, ?3)")?
-        .execute(params![seq, row as i64, message])?;
-    Ok(())
+/// The committed length of an export's output.
+pub fn output_len(conn: &Connection, seq: i64) -> Result<u64, StoreError> {
+    let len: i64 = conn.query_row("SELECT output_len FROM jobs WHERE seq = ?1", [seq], |r| {
+        r.get(0)
+    })?;
+    Ok(len as u64)
 }
 
 /// Up to `limit` row errors after row `after`, in row order.

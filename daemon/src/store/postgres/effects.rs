@@ -1,0 +1,215 @@
+//! Applying a batch's effects with the job's cursor in one transaction, and undoing
+//! all of a job's effects.
+
+use super::{blobs, jobs};
+use crate::store::{tally, Batch, CommitError, End, Progress, Seal, StoreError, StoredState};
+use deadpool_postgres::{GenericClient, Object};
+use jobd_protocol::JobState;
+use std::collections::HashSet;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub async fn commit(
+    client: &mut Object,
+    seq: i64,
+    batch: &Batch,
+    seal: &Seal<'_>,
+    interrupt: &AtomicBool,
+) -> Result<Progress, CommitError> {
+    let tx = client.transaction().await.map_err(StoreError::from)?;
+    // The job's row stays locked to the end: state changes queue behind the batch.
+    let row = tx
+        .query_one(
+            "SELECT owner, output_len FROM jobd.jobs WHERE seq = $1 FOR UPDATE",
+            &[&seq],
+        )
+        .await
+        .map_err(StoreError::from)?;
+    let owner: String = row.get(0);
+    let output_len: i64 = row.get(1);
+    insert_blocks(&tx, seq, batch).await?;
+    if interrupt.load(Ordering::Relaxed) {
+        return Err(CommitError::Interrupted);
+    }
+    let conflicts = insert_teams(&tx, seq, &owner, batch).await?;
+    let progress = tally(batch, &conflicts, seal)?;
+    let errors: Vec<_> = batch
+        .rejects()
+        .iter()
+        .cloned()
+        .chain(conflicts.iter().map(|&t| batch.conflict(t)))
+        .collect();
+    if !errors.is_empty() {
+        let rows: Vec<i64> = errors.iter().map(|e| e.row as i64).collect();
+        let messages: Vec<&str> = errors.iter().map(|e| e.message.as_str()).collect();
+        tx.execute(
+            "INSERT INTO jobd.row_errors (job_seq, row, message)
+             SELECT $1, r, m FROM unnest($2::int8[], $3::text[]) AS t(r, m)",
+            &[&seq, &rows, &messages],
+        )
+        .await
+        .map_err(StoreError::from)?;
+    }
+    if let Some(columns) = batch.columns() {
+        let columns = serde_json::to_string(columns)
+            .map_err(|e| StoreError::Corrupt(format!("cannot encode columns: {e}")))?;
+        tx.execute(
+            "INSERT INTO jobd.baseline_columns (job_seq, columns) VALUES ($1, $2)",
+            &[&seq, &columns],
+        )
+        .await
+        .map_err(StoreError::from)?;
+    }
+    let output_len = if batch.output().is_empty() {
+        None
+    } else {
+        Some(blobs::append_output(&tx, seq, output_len as u64, batch.output()).await? as i64)
+    };
+    let stmt = tx
+        .prepare_cached(
+            "UPDATE jobd.jobs SET processed = $2, failed = $3, total = $4, cursor = $5,
+                 updated_at = $6, output_len = COALESCE($7, output_len)
+             WHERE seq = $1",
+        )
+        .await
+        .map_err(StoreError::from)?;
+    tx.execute(
+        &stmt,
+        &[
+            &seq,
+            &(progress.processed as i64),
+            &(progress.failed as i64),
+            &progress.total.map(|t| t as i64),
+            &seal.cursor,
+            &(crate::store::now_ms() as i64),
+            &output_len,
+        ],
+    )
+    .await
+    .map_err(StoreError::from)?;
+    match seal.end {
+        Some(End::Completed) => {
+            jobs::set_state(&tx, seq, StoredState::Public(JobState::Completed), None).await?
+        }
+        Some(End::Failed(message)) => {
+            jobs::set_state(
+                &tx,
+                seq,
+                StoredState::Public(JobState::Failed),
+                Some(message),
+            )
+            .await?
+        }
+        None => {}
+    }
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(progress)
+}
+
+/// The batch's records (sorted by date) as one block per date, numbered after the
+/// job's records so far: a batch redone after a crash gets the same numbers.
+async fn insert_blocks(tx: &impl GenericClient, seq: i64, batch: &Batch) -> Result<(), StoreError> {
+    let records = batch.records();
+    if records.is_empty() {
+        return Ok(());
+    }
+    let stmt = tx
+        .prepare_cached(
+            "SELECT COALESCE(MAX(first + count - 1), 0) FROM jobd.baseline_blocks WHERE job_seq = $1",
+        )
+        .await?;
+    let stored: i64 = tx.query_one(&stmt, &[&seq]).await?.get(0);
+    let (mut days, mut firsts, mut counts, mut blocks) = (vec![], vec![], vec![], vec![]);
+    let mut start = 0;
+    for (i, r) in records.iter().enumerate() {
+        if records.get(i + 1).is_none_or(|n| n.day != r.day) {
+            let group = &records[start..=i];
+            let mut text =
+                String::with_capacity(group.iter().map(|r| batch.data(r).len() + 12).sum());
+            for r in group {
+                let _ = writeln!(text, "{}\t{}", r.row, batch.data(r));
+            }
+            days.push(
+                i32::try_from(r.day)
+                    .map_err(|_| StoreError::Corrupt(format!("date {} out of range", r.day)))?,
+            );
+            firsts.push(stored + 1 + start as i64);
+            counts.push(group.len() as i32);
+            blocks.push(text);
+            start = i + 1;
+        }
+    }
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO jobd.baseline_blocks (day, job_seq, first, count, records)
+             SELECT d, $1, f, c, r FROM unnest($2::int4[], $3::int8[], $4::int4[], $5::text[])
+                 AS t(d, f, c, r)",
+        )
+        .await?;
+    tx.execute(&stmt, &[&seq, &days, &firsts, &counts, &blocks])
+        .await?;
+    Ok(())
+}
+
+/// Creates the batch's teams; returns those refused (their name exists, or came
+/// earlier in the batch), in row order.
+async fn insert_teams(
+    tx: &impl GenericClient,
+    seq: i64,
+    owner: &str,
+    batch: &Batch,
+) -> Result<Vec<usize>, StoreError> {
+    let teams = batch.teams();
+    if teams.is_empty() {
+        return Ok(Vec::new());
+    }
+    // A name twice in the batch: the first is created, the second refused.
+    let mut seen = HashSet::new();
+    let (mut names, mut rows, mut members) = (vec![], vec![], vec![]);
+    for t in teams {
+        if !seen.insert(t.name.as_str()) {
+            continue;
+        }
+        names.push(t.name.as_str());
+        rows.push(t.row as i64);
+        members.push(
+            serde_json::to_string(&t.members)
+                .map_err(|e| StoreError::Corrupt(format!("cannot encode members: {e}")))?,
+        );
+    }
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO jobd.teams (owner, name, job_seq, row, members)
+             SELECT $1, n, $2, r, m FROM unnest($3::text[], $4::int8[], $5::text[]) AS t(n, r, m)
+             ON CONFLICT (owner, name) DO NOTHING
+             RETURNING row",
+        )
+        .await?;
+    let created: HashSet<i64> = tx
+        .query(&stmt, &[&owner, &seq, &names, &rows, &members])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok((0..teams.len())
+        .filter(|&i| !created.contains(&(teams[i].row as i64)))
+        .collect())
+}
+
+/// Rolls back everything the job wrote and ends it as `terminated`. The intent is
+/// committed first, so that a crash during the rollback is finished by recovery.
+pub async fn terminate(client: &mut Object, seq: i64) -> Result<(), StoreError> {
+    jobs::set_state(&*client, seq, StoredState::Terminating, None).await?;
+    let tx = client.transaction().await?;
+    for sql in [
+        "DELETE FROM jobd.baseline_blocks WHERE job_seq = $1",
+        "DELETE FROM jobd.baseline_columns WHERE job_seq = $1",
+        "DELETE FROM jobd.teams WHERE job_seq = $1",
+        "DELETE FROM jobd.row_errors WHERE job_seq = $1",
+    ] {
+        tx.execute(sql, &[&seq]).await?;
+    }
+    jobs::set_state(&tx, seq, StoredState::Public(JobState::Terminated), None).await?;
+    tx.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! Job records in PostgreSQL: creation, state changes, row errors.
+
+use crate::store::{now_ms, JobRow, NewJob, StoreError, StoredState};
+use deadpool_postgres::GenericClient;
+use jobd_protocol::{JobState, RowError};
+use tokio_postgres::Row;
+
+pub const JOB_COLUMNS: &str = "seq, id, kind, owner_uid, owner, state, processed, failed, total, \
+                               created_at, updated_at, error, rate, input, cursor";
+
+pub fn job_of(r: &Row) -> Result<JobRow, StoreError> {
+    let kind: String = r.try_get(2)?;
+    let state: String = r.try_get(5)?;
+    let total: Option<i64> = r.try_get(8)?;
+    Ok(JobRow {
+        seq: r.try_get(0)?,
+        id: r.try_get(1)?,
+        kind: kind
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("unknown job kind {kind:?}")))?,
+        owner_uid: r.try_get::<_, i64>(3)? as u32,
+        owner: r.try_get(4)?,
+        state: StoredState::parse(&state)?,
+        processed: r.try_get::<_, i64>(6)? as u64,
+        failed: r.try_get::<_, i64>(7)? as u64,
+        total: total.map(|t| t as u64),
+        created_at: r.try_get::<_, i64>(9)? as u64,
+        updated_at: r.try_get::<_, i64>(10)? as u64,
+        error: r.try_get(11)?,
+        rate: r.try_get(12)?,
+        input: r.try_get(13)?,
+        cursor: r.try_get(14)?,
+    })
+}
+
+/// Inserts a queued job reading `input`.
+pub async fn insert(
+    c: &impl GenericClient,
+    job: &NewJob<'_>,
+    input: &str,
+) -> Result<JobRow, StoreError> {
+    let sql = format!(
+        "INSERT INTO jobd.jobs (id, kind, owner_uid, owner, state, total, created_at, updated_at, rate, input)
+         VALUES ($1, $2, $3, $4, 'queued', $5, $6, $6, $7, $8) RETURNING {JOB_COLUMNS}"
+    );
+    let stmt = c.prepare_cached(&sql).await?;
+    let inserted = c
+        .query_one(
+            &stmt,
+            &[
+                &job.id,
+                &job.kind.as_str(),
+                &i64::from(job.owner_uid),
+                &job.owner,
+                &job.total.map(|t| t as i64),
+                &(job.created_at as i64),
+                &job.rate,
+                &input,
+            ],
+        )
+        .await;
+    match inserted {
+        Ok(row) => job_of(&row),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+            Err(StoreError::DuplicateId(job.id.to_string()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Every job, in creation order.
+pub async fn load_all(c: &impl GenericClient) -> Result<Vec<JobRow>, StoreError> {
+    let rows = c
+        .query(
+            &format!("SELECT {JOB_COLUMNS} FROM jobd.jobs ORDER BY seq"),
+            &[],
+        )
+        .await?;
+    rows.iter().map(job_of).collect()
+}
+
+pub async fn load(c: &impl GenericClient, seq: i64) -> Result<JobRow, StoreError> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobd.jobs WHERE seq = $1"
+        ))
+        .await?;
+    match c.query_opt(&stmt, &[&seq]).await? {
+        Some(row) => job_of(&row),
+        None => Err(StoreError::Corrupt(format!("job {seq} vanished"))),
+    }
+}
+
+/// Takes the next completion number: under the counter row's lock, held until
+/// the caller's transaction ends.
+pub async fn next_finished(c: &impl GenericClient) -> Result<i64, StoreError> {
+    let stmt = c
+        .prepare_cached(
+            "UPDATE jobd.counters SET value = value + 1 WHERE name = 'finished' RETURNING value",
+        )
+        .await?;
+    Ok(c.query_one(&stmt, &[]).await?.get(0))
+}
+
+/// Sets a job's state (and error), inside the caller's transaction. Completion
+/// takes the next completion number; a job that ends loses its upload, and a
+/// failed one its output too.
+pub async fn set_state(
+    c: &impl GenericClient,
+    seq: i64,
+    state: StoredState,
+    error: Option<&str>,
+) -> Result<(), StoreError> {
+    let finished = match state {
+        StoredState::Public(JobState::Completed) => Some(next_finished(c).await?),
+        _ => None,
+    };
+    let stmt = c
+        .prepare_cached(
+            "UPDATE jobd.jobs SET state = $2, error = COALESCE($3, error), updated_at = $4,
+                 finished_seq = COALESCE($5, finished_seq)
+             WHERE seq = $1",
+        )
+        .await?;
+    c.execute(
+        &stmt,
+        &[&seq, &state.as_str(), &error, &(now_ms() as i64), &finished],
+    )
+    .await?;
+    match state {
+        StoredState::Public(JobState::Completed) => super::blobs::drop_input(c, seq).await,
+        StoredState::Public(JobState::Failed | JobState::Terminated) => {
+            super::blobs::drop_input(c, seq).await?;
+            super::blobs::drop_output(c, seq).await
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Up to `limit` row errors after row `after`, in row order.
+pub async fn row_errors(
+    c: &impl GenericClient,
+    seq: i64,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<RowError>, StoreError> {
+    let stmt = c
+        .prepare_cached(
+            "SELECT row, message FROM jobd.row_errors WHERE job_seq = $1 AND row > $2
+             ORDER BY row LIMIT $3",
+        )
+        .await?;
+    let rows = c
+        .query(&stmt, &[&seq, &(after as i64), &(limit as i64)])
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(RowError {
+                row: r.try_get::<_, i64>(0)? as u64,
+                message: r.try_get(1)?,
+            })
+        })
+        .collect()
+}
