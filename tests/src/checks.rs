@@ -1,8 +1,7 @@
 //! Assertions on a job's effects, with messages that say exactly what differs.
 
 use crate::data::{BaselineRecord, TeamRow};
-use crate::{current_uid, store, Daemon, DEADLINE, POLL};
-use rusqlite::params;
+use crate::{current_uid, Daemon, DEADLINE, POLL};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -60,50 +59,31 @@ fn assert_same_rows<T: Ord + Debug + Clone>(what: &str, got: &[T], want: &[T]) {
 /// with its date and fields, owned by the test's user.
 #[track_caller]
 pub fn assert_baseline_exact(d: &Daemon, id: &str, expected: &[BaselineRecord]) {
-    let db = d.db();
-    let got = store::baseline_records(&db, id);
+    let db = d.store();
+    let got = db.baseline_records(id);
     let mut want = expected.to_vec();
     want.sort();
     assert_same_rows(&format!("baseline records of {id}"), &got, &want);
-    let owner: i64 = db
-        .query_row(
-            "SELECT owner_uid FROM jobs WHERE id = ?1",
-            params![id],
-            |r| r.get(0),
-        )
-        .expect("owner of the job");
-    assert_eq!(owner, i64::from(current_uid()), "{id} owned by another uid");
+    assert_eq!(db.owner_uid(id), current_uid(), "{id} owned by another uid");
 }
 
 /// The store holds exactly `expected` as the teams created by the job.
 #[track_caller]
 pub fn assert_teams_exact(d: &Daemon, id: &str, expected: &[TeamRow]) {
-    let got = store::teams_of_job(&d.db(), id);
+    let got = d.store().teams_of_job(id);
     let mut want = expected.to_vec();
     want.sort();
     assert_same_rows(&format!("teams of {id}"), &got, &want);
 }
 
-/// The job left nothing behind: no baseline records, no teams, no export file.
+/// The job left nothing behind: no baseline records, no teams, no export output.
 #[track_caller]
 pub fn assert_no_effects(d: &Daemon, id: &str) {
-    let db = d.db();
-    assert_eq!(
-        store::baseline_count(&db, id),
-        0,
-        "baseline records of {id} remain"
-    );
-    assert_eq!(store::team_count(&db, id), 0, "teams of {id} remain");
-    assert_eq!(
-        store::orphan_members(&db),
-        0,
-        "team members without a team remain"
-    );
-    assert!(
-        !d.export_file(id).exists(),
-        "export file of {id} remains: {}",
-        d.export_file(id).display()
-    );
+    let db = d.store();
+    assert_eq!(db.baseline_count(id), 0, "baseline records of {id} remain");
+    assert_eq!(db.team_count(id), 0, "teams of {id} remain");
+    assert_eq!(db.orphan_members(), 0, "team members without a team remain");
+    assert!(db.output(id).is_none(), "export output of {id} remains");
 }
 
 /// Byte-for-byte equality, reporting the first differing line.
@@ -137,18 +117,18 @@ pub fn assert_bytes_eq(what: &str, got: &[u8], want: &[u8]) {
     );
 }
 
-/// Polls until the spool directory is empty (jobs remove their spool file when they end).
+/// Polls until the store holds no upload (jobs drop theirs when they end).
 #[track_caller]
-pub fn wait_spool_empty(d: &Daemon) {
+pub fn wait_uploads_gone(d: &Daemon) {
     let deadline = Instant::now() + DEADLINE;
     loop {
-        let files = d.spool_files();
-        if files.is_empty() {
+        let n = d.uploads();
+        if n == 0 {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "spool files remain after the jobs ended: {files:?}"
+            "{n} uploads remain after the jobs ended"
         );
         std::thread::sleep(POLL);
     }

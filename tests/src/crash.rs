@@ -11,7 +11,6 @@ use crate::daemon::is_finished;
 use crate::{Daemon, Rng, DEADLINE, POLL};
 use jobd_protocol::frame::{decode, encode};
 use jobd_protocol::{ErrorCode, Request, Response, UploadKind, PROTOCOL_VERSION};
-use rusqlite::params;
 use serde_json::Value;
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
@@ -98,109 +97,28 @@ pub fn env_number(var: &str, default: u64) -> u64 {
 // ---------------------------------------------------------------------------------
 // The store after a crash
 
-/// Asserts `PRAGMA integrity_check` answers exactly `ok`.
+pub use crate::store::Committed;
+
+/// Asserts the store is consistent (see [`crate::store::StoreView::assert_integrity`]).
 #[track_caller]
 pub fn assert_integrity(d: &Daemon) {
-    let db = d.db();
-    let mut stmt = db
-        .prepare("PRAGMA integrity_check")
-        .expect("prepare integrity_check");
-    let rows: Vec<String> = stmt
-        .query_map([], |r| r.get(0))
-        .expect("run integrity_check")
-        .map(|r| r.expect("integrity_check row"))
-        .collect();
-    assert_eq!(
-        rows,
-        ["ok"],
-        "PRAGMA integrity_check of {}",
-        d.state_dir.display()
-    );
-}
-
-/// One job as committed in the store, read in a single read transaction so that the
-/// counters and the effects belong to the same commit.
-#[derive(Debug, Clone)]
-pub struct Committed {
-    pub kind: String,
-    pub state: String,
-    pub processed: u64,
-    pub failed: u64,
-    /// Baseline records or teams the job wrote (0 for exports).
-    pub effects: u64,
-    pub row_errors: u64,
-    /// Team members whose team no longer exists (any job).
-    pub orphan_members: u64,
-    pub cursor: Option<Value>,
+    d.store().assert_integrity();
 }
 
 /// The job `id` as committed in the store.
 #[track_caller]
 pub fn committed(d: &Daemon, id: &str) -> Committed {
-    let mut db = d.db();
-    let tx = db.transaction().expect("read transaction");
-    let (seq, kind, state, processed, failed, cursor): (
-        i64,
-        String,
-        String,
-        i64,
-        i64,
-        Option<String>,
-    ) = tx
-        .query_row(
-            "SELECT seq, kind, state, processed, failed, cursor FROM jobs WHERE id = ?1",
-            params![id],
-            |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
-            },
-        )
-        .unwrap_or_else(|e| panic!("job {id} in the store: {e}"));
-    let count = |sql: &str, p: &[&dyn rusqlite::ToSql]| -> u64 {
-        tx.query_row(sql, p, |r| r.get::<_, i64>(0))
-            .unwrap_or_else(|e| panic!("{sql}: {e}")) as u64
-    };
-    let records = count(
-        "SELECT COUNT(*) FROM baseline_records WHERE id >= ?1 AND id < ?2",
-        &[&(seq << 32), &((seq + 1) << 32)],
-    );
-    let teams = count("SELECT COUNT(*) FROM teams WHERE job_seq = ?1", &[&seq]);
-    let row_errors = count(
-        "SELECT COUNT(*) FROM row_errors WHERE job_seq = ?1",
-        &[&seq],
-    );
-    let orphan_members = count(
-        "SELECT COUNT(*) FROM team_members WHERE team_id NOT IN (SELECT id FROM teams)",
-        &[],
-    );
-    drop(tx);
-    Committed {
-        kind,
-        state,
-        processed: processed as u64,
-        failed: failed as u64,
-        effects: records + teams,
-        row_errors,
-        orphan_members,
-        cursor: cursor.map(|c| {
-            serde_json::from_str(&c).unwrap_or_else(|e| panic!("cursor {c:?} of {id}: {e}"))
-        }),
-    }
+    d.store().committed(id)
 }
 
 /// What was committed for the job is self-consistent: a terminated job has no
 /// effects and no row errors; otherwise there is one effect per processed unit and one
-/// row error per failed unit, and an export file holds at least the bytes its cursor
-/// covers (exactly those once completed).
+/// row error per failed unit, and an export's stored output is exactly its committed
+/// length (the SQLite store's file may be longer until the next commit, after a crash).
 #[track_caller]
 pub fn assert_committed_consistent(d: &Daemon, id: &str) -> Committed {
-    let c = committed(d, id);
+    let db = d.store();
+    let c = db.committed(id);
     assert_eq!(c.orphan_members, 0, "team members without a team: {c:?}");
     if c.state == "terminated" {
         assert_eq!(
@@ -211,15 +129,25 @@ pub fn assert_committed_consistent(d: &Daemon, id: &str) -> Committed {
         return c;
     }
     if c.kind == "createExport" {
-        if let Some(len) = c.cursor.as_ref().and_then(|v| v["file_len"].as_u64()) {
-            let file = d.export_file(id);
-            let on_disk = fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+        if let Some(stored) = c.stored_output {
+            assert_eq!(
+                stored, c.output_len,
+                "export {id}: output vs committed length {c:?}"
+            );
+        } else {
+            // The file may hold more than what committed: an uncommitted tail after
+            // a crash, or what the daemon is appending right now.
+            let stored = db.output(id).map_or(0, |o| o.len() as u64);
             if c.state == "completed" {
-                assert_eq!(on_disk, len, "completed export {id}: file vs cursor {c:?}");
+                assert_eq!(
+                    stored, c.output_len,
+                    "export {id}: file vs committed length {c:?}"
+                );
             } else {
                 assert!(
-                    on_disk >= len,
-                    "export {id}: file has {on_disk} bytes, cursor covers {len}: {c:?}"
+                    stored >= c.output_len,
+                    "export {id}: file has {stored} bytes, {} committed: {c:?}",
+                    c.output_len
                 );
             }
         }
@@ -240,18 +168,7 @@ pub fn assert_committed_consistent(d: &Daemon, id: &str) -> Committed {
 /// at a moment too short to hit by timing, such as inside a terminate's rollback).
 #[track_caller]
 pub fn set_stored_state(d: &Daemon, id: &str, state: &str) {
-    let path = d.state_dir.join("jobd.db");
-    let conn = rusqlite::Connection::open(&path)
-        .unwrap_or_else(|e| panic!("open {} read-write: {e}", path.display()));
-    conn.busy_timeout(Duration::from_secs(10))
-        .expect("busy timeout");
-    let n = conn
-        .execute(
-            "UPDATE jobs SET state = ?2 WHERE id = ?1",
-            params![id, state],
-        )
-        .expect("update the job's state");
-    assert_eq!(n, 1, "job {id} not in the store");
+    crate::store::set_state(&d.store(), id, state);
 }
 
 // ---------------------------------------------------------------------------------
@@ -345,23 +262,36 @@ pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// Total size of the files in the spool directory.
-pub fn spool_bytes(d: &Daemon) -> u64 {
-    d.spool_files()
-        .iter()
-        .filter_map(|p| fs::metadata(p).ok())
-        .map(|m| m.len())
-        .sum()
+/// Polls until the daemon is receiving an upload: on SQLite, until its spool holds
+/// at least `bytes`; on PostgreSQL, until a transaction of the daemon holds written
+/// upload rows (it writes in chunks of 1 MiB, so `bytes` must reach that).
+#[track_caller]
+pub fn wait_receiving(d: &Daemon, bytes: u64) {
+    wait_for(
+        &format!("{bytes} bytes of an upload received"),
+        DEADLINE,
+        || receiving(d, bytes),
+    );
 }
 
-/// Polls until the daemon has spooled at least `bytes` of an upload in progress.
-#[track_caller]
-pub fn wait_spooled(d: &Daemon, bytes: u64) {
-    wait_for(
-        &format!("{bytes} bytes spooled in {}", d.state_dir.display()),
-        DEADLINE,
-        || spool_bytes(d) >= bytes,
-    );
+/// Whether the daemon is receiving an upload (see [`wait_receiving`]).
+pub fn receiving(d: &Daemon, bytes: u64) -> bool {
+    match d.backend {
+        crate::Backend::Sqlite => spool_bytes(d) >= bytes,
+        crate::Backend::Postgres => d.uploads() > 0,
+    }
+}
+
+fn spool_bytes(d: &Daemon) -> u64 {
+    fs::read_dir(d.state_dir.join("spool"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 // ---------------------------------------------------------------------------------

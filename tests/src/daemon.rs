@@ -1,9 +1,10 @@
 //! A real `jobd` on a temporary socket and state directory, and `jobctl` runs against it.
 
+use crate::backend::{Backend, PgDatabase};
+use crate::store::StoreView;
 use crate::{bins, DEADLINE, POLL};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
 use std::fmt;
 use std::fs::{self, File};
@@ -137,12 +138,15 @@ fn describe(cmd: &Command) -> String {
 
 /// One `jobd` process (and its restarts) on its own temporary directory:
 /// `DIR/run/jobd.sock` (the `run/` directory is left for the daemon to create) and
-/// `DIR/state`. Dropping it kills the daemon; if the test is failing, the daemon's
-/// logs are printed.
+/// `DIR/state`, and on PostgreSQL its own fresh database. Dropping it kills the
+/// daemon (and drops the database); if the test is failing, the daemon's logs are
+/// printed.
 pub struct Daemon {
     dir: TempDir,
     pub socket: PathBuf,
     pub state_dir: PathBuf,
+    pub backend: Backend,
+    pg: Option<PgDatabase>,
     extra: Vec<String>,
     child: Option<Child>,
     starts: u32,
@@ -150,13 +154,24 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts a daemon with default options and waits until it answers.
+    /// Starts a daemon on the embedded store with default options and waits until
+    /// it answers.
     pub fn start() -> Daemon {
         Daemon::start_with(&[])
     }
 
-    /// Starts a daemon with extra flags (`--max-running 1`, ...).
+    /// Starts a daemon on the embedded store with extra flags (`--max-running 1`, ...).
     pub fn start_with(extra: &[&str]) -> Daemon {
+        Daemon::start_on_with(Backend::Sqlite, extra)
+    }
+
+    /// Starts a daemon on `backend` with default options.
+    pub fn start_on(backend: Backend) -> Daemon {
+        Daemon::start_on_with(backend, &[])
+    }
+
+    /// Starts a daemon on `backend` with extra flags.
+    pub fn start_on_with(backend: Backend, extra: &[&str]) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("jobd-t")
             .tempdir()
@@ -164,6 +179,8 @@ impl Daemon {
         let mut d = Daemon {
             socket: dir.path().join("run").join("jobd.sock"),
             state_dir: dir.path().join("state"),
+            backend,
+            pg: (backend == Backend::Postgres).then(PgDatabase::create),
             dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
@@ -179,15 +196,25 @@ impl Daemon {
         self.dir.path()
     }
 
-    /// A `jobd` command on this daemon's socket and state directory (not spawned).
+    /// A `jobd` command on this daemon's socket, state directory and store (not
+    /// spawned).
     pub fn jobd_command(&self) -> Command {
         let mut cmd = Command::new(&bins().jobd);
-        cmd.arg("--socket")
+        cmd.env_remove("JOBD_STORE")
+            .arg("--socket")
             .arg(&self.socket)
             .arg("--state-dir")
             .arg(&self.state_dir)
             .args(&self.extra);
+        if let Some(pg) = &self.pg {
+            cmd.arg("--store").arg(pg.url());
+        }
         cmd
+    }
+
+    /// The URL of this daemon's PostgreSQL database, when it has one.
+    pub fn store_url(&self) -> Option<String> {
+        self.pg.as_ref().map(PgDatabase::url)
     }
 
     fn log_path(&self, n: u32) -> PathBuf {
@@ -530,27 +557,17 @@ impl Daemon {
             .collect()
     }
 
-    /// A read-only connection to the daemon's store.
-    pub fn db(&self) -> Connection {
-        let path = self.state_dir.join("jobd.db");
-        let conn = Connection::open_with_flags(
-            &path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .unwrap_or_else(|e| panic!("open {} read-only: {e}", path.display()));
-        conn.busy_timeout(Duration::from_secs(10))
-            .expect("busy timeout");
-        conn
+    /// A view of what the daemon committed, in its SQLite store or its database.
+    pub fn store(&self) -> StoreView {
+        match &self.pg {
+            Some(pg) => StoreView::Postgres(std::cell::RefCell::new(pg.connect())),
+            None => StoreView::sqlite(&self.state_dir),
+        }
     }
 
-    /// Where the export job `id` keeps its output file.
-    pub fn export_file(&self, id: &str) -> PathBuf {
-        self.state_dir.join("exports").join(format!("{id}.csv"))
-    }
-
-    /// Files currently in the spool directory.
-    pub fn spool_files(&self) -> Vec<PathBuf> {
-        list_files(&self.state_dir.join("spool"))
+    /// Uploads the store holds (spooled, or being received).
+    pub fn uploads(&self) -> usize {
+        self.store().uploads()
     }
 
     /// Paths the daemon process has open right now (from /proc/PID/fd).
@@ -602,20 +619,4 @@ pub fn bare_id(out: &Out) -> String {
         "-q output is not a bare id: {out}"
     );
     id.to_string()
-}
-
-fn list_files(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let Ok(entries) = fs::read_dir(dir) else {
-        return found;
-    };
-    for e in entries.filter_map(|e| e.ok()) {
-        let p = e.path();
-        if p.is_dir() {
-            found.extend(list_files(&p));
-        } else {
-            found.push(p);
-        }
-    }
-    found
 }

@@ -2,9 +2,10 @@
 //!
 //! Every test starts its own real `jobd` on a fresh temporary socket and state
 //! directory ([`Daemon`]) and drives it with the real `jobctl` (and sometimes the
-//! protocol crate's [`jobd_protocol::Client`]). Effects are checked through `jobctl`
-//! and, for exact row sets, by reading the daemon's SQLite store read-only
-//! ([`store`]). Test data is generated from constant seeds ([`data`]) together with
+//! protocol crate's [`jobd_protocol::Client`]). Tests that touch the store run on
+//! both backends ([`both_stores!`]): the embedded SQLite store and a fresh database
+//! of a real PostgreSQL server ([`backend`]). Effects are checked through `jobctl`
+//! and, for exact row sets, by reading what the daemon committed ([`store`]). Test data is generated from constant seeds ([`data`]) together with
 //! the effects the daemon must produce, computed independently of it.
 //!
 //! The binaries are built once per test process (`cargo build -p jobd -p jobd-cli`
@@ -16,6 +17,7 @@
 //! Waiting is always polling with a deadline ([`Daemon::wait_until`]), never a
 //! sleep that hopes something happened meanwhile.
 
+pub mod backend;
 pub mod bins;
 pub mod checks;
 pub mod crash;
@@ -25,10 +27,11 @@ pub mod http;
 pub mod service;
 pub mod store;
 
+pub use backend::Backend;
 pub use bins::{bins, Bins};
 pub use checks::{
     assert_baseline_exact, assert_bytes_eq, assert_counts, assert_no_effects, assert_teams_exact,
-    wait_spool_empty,
+    wait_uploads_gone,
 };
 pub use daemon::{bare_id, is_finished, run_with_timeout, Daemon, Out};
 pub use data::{

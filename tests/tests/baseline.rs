@@ -12,9 +12,8 @@ fn rec(row: u64, date: &str, fields: &[&str]) -> BaselineRecord {
     }
 }
 
-#[test]
-fn upload_completes_with_exact_records() {
-    let d = Daemon::start();
+fn upload_completes_with_exact_records(b: Backend) {
+    let d = Daemon::start_on(b);
     // `date` in the middle of the header: records keep the other fields in header order.
     let mut f = gen_baseline(
         1,
@@ -40,17 +39,16 @@ fn upload_completes_with_exact_records() {
     assert!(s["error"].is_null(), "error of a completed job: {s}");
     assert_baseline_exact(&d, &id, &f.records);
     assert_eq!(
-        store::baseline_columns(&d.db(), &id),
+        d.store().baseline_columns(&id),
         Some(f.columns()),
         "stored columns of {id}"
     );
     assert!(d.errors(&id).is_empty(), "row errors of a clean file");
-    wait_spool_empty(&d);
+    wait_uploads_gone(&d);
 }
 
-#[test]
-fn row_errors_are_recorded_and_skipped() {
-    let d = Daemon::start();
+fn row_errors_are_recorded_and_skipped(b: Backend) {
+    let d = Daemon::start_on(b);
     let mut input = Vec::new();
     input.extend_from_slice(b"date,name,value\n");
     input.extend_from_slice(b"2024-01-01,a,1\n"); // 1 ok
@@ -80,7 +78,7 @@ fn row_errors_are_recorded_and_skipped() {
     for (row, msg) in &errors {
         assert!(!msg.trim().is_empty(), "row {row} has an empty message");
     }
-    assert_eq!(store::row_errors(&d.db(), &id), errors, "stored row errors");
+    assert_eq!(d.store().row_errors(&id), errors, "stored row errors");
     assert_baseline_exact(
         &d,
         &id,
@@ -99,9 +97,8 @@ fn row_errors_are_recorded_and_skipped() {
     }
 }
 
-#[test]
-fn missing_date_column_fails_the_job() {
-    let d = Daemon::start();
+fn missing_date_column_fails_the_job(b: Backend) {
+    let d = Daemon::start_on(b);
     let id = d.upload(b"name,value\nx,1\ny,2\n", None);
     let s = d.wait_for_state(&id, "failed", DEADLINE);
     let err = s["error"].as_str().unwrap_or_default();
@@ -111,13 +108,12 @@ fn missing_date_column_fails_the_job() {
     );
     let out = d.jobctl(&["wait", &id]);
     assert_ne!(out.code, Some(0), "wait on a failed job: {out}");
-    assert_eq!(store::baseline_count(&d.db(), &id), 0);
-    wait_spool_empty(&d);
+    assert_eq!(d.store().baseline_count(&id), 0);
+    wait_uploads_gone(&d);
 }
 
-#[test]
-fn dialect_bom_crlf_lone_cr_and_quoted_newline() {
-    let d = Daemon::start();
+fn dialect_bom_crlf_lone_cr_and_quoted_newline(b: Backend) {
+    let d = Daemon::start_on(b);
     let mut input = "\u{feff}date,name,value\r\n".as_bytes().to_vec();
     input.extend_from_slice(b"2024-01-01,a,1\r\n"); // 1, CRLF
     input.extend_from_slice(b"2024-01-02,b,2\r"); // 2, lone CR
@@ -140,15 +136,14 @@ fn dialect_bom_crlf_lone_cr_and_quoted_newline() {
         ],
     );
     assert_eq!(
-        store::baseline_columns(&d.db(), &id),
+        d.store().baseline_columns(&id),
         Some(vec!["name".to_string(), "value".to_string()]),
         "the BOM must not end up in the first column name"
     );
 }
 
-#[test]
-fn large_upload_spans_many_chunks() {
-    let d = Daemon::start();
+fn large_upload_spans_many_chunks(b: Backend) {
+    let d = Daemon::start_on(b);
     // About 600 KB: several 256 KiB chunks, with rows cut across chunk boundaries.
     let f = gen_baseline(
         2,
@@ -165,9 +160,8 @@ fn large_upload_spans_many_chunks() {
     assert_baseline_exact(&d, &id, &f.records);
 }
 
-#[test]
-fn upload_from_stdin() {
-    let d = Daemon::start();
+fn upload_from_stdin(b: Backend) {
+    let d = Daemon::start_on(b);
     let f = gen_baseline(
         3,
         &["date", "name", "value"],
@@ -182,9 +176,8 @@ fn upload_from_stdin() {
     assert_baseline_exact(&d, &id, &f.records);
 }
 
-#[test]
-fn too_many_row_errors_fail_the_job() {
-    let d = Daemon::start_with(&["--max-row-errors", "2"]);
+fn too_many_row_errors_fail_the_job(b: Backend) {
+    let d = Daemon::start_on_with(b, &["--max-row-errors", "2"]);
     let input = b"date,v\n2024-01-01,1\nbad,2\n2024-01-03\n2024-01-04,4\nworse,5\n2024-01-06,6\n";
     let id = d.upload(input, None);
     let s = d.wait_for_state(&id, "failed", DEADLINE);
@@ -197,7 +190,7 @@ fn too_many_row_errors_fail_the_job() {
         "the first errors are recorded: {rows:?}"
     );
     // Under the limit, the same file completes.
-    let d2 = Daemon::start_with(&["--max-row-errors", "3"]);
+    let d2 = Daemon::start_on_with(b, &["--max-row-errors", "3"]);
     let id2 = d2.upload(input, None);
     let s2 = d2.wait_completed(&id2);
     assert_counts(&s2, 3, 3, Some(6));
@@ -221,7 +214,7 @@ fn a_long_ingest_keeps_the_wal_short() {
     let s = d.wait_completed(&id);
     let n = rows as u64;
     assert_counts(&s, n, 0, Some(n));
-    assert_eq!(store::baseline_count(&d.db(), &id), n);
+    assert_eq!(d.store().baseline_count(&id), n);
     // The WAL file keeps the largest size it reached (below the 64 MiB cut-back).
     let size = |name: &str| {
         std::fs::metadata(d.state_dir.join(name))
@@ -235,3 +228,13 @@ fn a_long_ingest_keeps_the_wal_short() {
         "the WAL grew to {wal} bytes beside a {db}-byte store"
     );
 }
+
+both_stores!(
+    upload_completes_with_exact_records,
+    row_errors_are_recorded_and_skipped,
+    missing_date_column_fails_the_job,
+    dialect_bom_crlf_lone_cr_and_quoted_newline,
+    large_upload_spans_many_chunks,
+    upload_from_stdin,
+    too_many_row_errors_fail_the_job,
+);

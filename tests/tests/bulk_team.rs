@@ -11,9 +11,8 @@ fn team(row: u64, name: &str, members: &[&str]) -> TeamRow {
     }
 }
 
-#[test]
-fn bulk_team_completes_with_exact_teams() {
-    let d = Daemon::start();
+fn bulk_team_completes_with_exact_teams(b: Backend) {
+    let d = Daemon::start_on(b);
     let f = gen_teams(7, "alpha", 150, 5);
     let id = d.bulk_team(&f.bytes, None);
     let (user, kind, _, _) = parse_job_id(&id).unwrap_or_else(|| panic!("bad id {id}"));
@@ -26,12 +25,11 @@ fn bulk_team_completes_with_exact_teams() {
     assert_eq!(s["kind"], "bulkTeam");
     assert_teams_exact(&d, &id, &f.teams);
     assert!(d.errors(&id).is_empty());
-    wait_spool_empty(&d);
+    wait_uploads_gone(&d);
 }
 
-#[test]
-fn duplicate_and_empty_team_names_are_row_errors() {
-    let d = Daemon::start();
+fn duplicate_and_empty_team_names_are_row_errors(b: Backend) {
+    let d = Daemon::start_on(b);
     let first = d.bulk_team(b"team,m1\nold,zz\n", None);
     d.wait_completed(&first);
 
@@ -72,14 +70,13 @@ fn duplicate_and_empty_team_names_are_row_errors() {
     );
     assert_teams_exact(&d, &first, &[team(1, "old", &["zz"])]);
     assert_eq!(
-        store::team_names(&d.db(), current_uid()),
+        d.store().team_names(current_uid()),
         vec!["Red", "blue", "green", "old", "red"]
     );
 }
 
-#[test]
-fn bulk_team_from_stdin() {
-    let d = Daemon::start();
+fn bulk_team_from_stdin(b: Backend) {
+    let d = Daemon::start_on(b);
     let f = gen_teams(8, "beta", 60, 4);
     let out = d.jobctl_stdin(&["-q", "bulk-team", "-"], &f.bytes).ok();
     let id = bare_id(&out);
@@ -87,3 +84,9 @@ fn bulk_team_from_stdin() {
     assert_counts(&s, 60, 0, Some(60));
     assert_teams_exact(&d, &id, &f.teams);
 }
+
+both_stores!(
+    bulk_team_completes_with_exact_teams,
+    duplicate_and_empty_team_names_are_row_errors,
+    bulk_team_from_stdin,
+);

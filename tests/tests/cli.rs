@@ -109,9 +109,8 @@ fn quiet_prints_only_the_id() {
     }
 }
 
-#[test]
-fn submit_with_wait_returns_when_completed() {
-    let d = Daemon::start();
+fn submit_with_wait_returns_when_completed(b: Backend) {
+    let d = Daemon::start_on(b);
     let f = gen_baseline(91, &["date", "name", "value"], 40, Date::new(2024, 1, 1), 3);
     let path = d.input_file(&f.bytes());
     let out = d
@@ -269,9 +268,8 @@ fn errors_json_of_a_clean_job_is_empty() {
     );
 }
 
-#[test]
-fn job_ids_are_never_reused() {
-    let d = Daemon::start();
+fn job_ids_are_never_reused(b: Backend) {
+    let d = Daemon::start_on(b);
     let path = d.input_file(b"date,v\n2024-01-01,1\n");
     let path = path.to_str().expect("path");
     let mut ids = BTreeSet::new();
@@ -291,3 +289,8 @@ fn ping_answers() {
     let d = Daemon::start();
     d.jobctl(&["ping"]).ok();
 }
+
+both_stores!(
+    submit_with_wait_returns_when_completed,
+    job_ids_are_never_reused,
+);

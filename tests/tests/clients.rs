@@ -206,7 +206,7 @@ fn silent_and_trickling_clients_are_dropped_after_the_timeouts() {
             "a ping took {worst:?} while slow clients hung on"
         );
     });
-    wait_spool_empty(&d);
+    wait_uploads_gone(&d);
     assert_eq!(d.status_all().len(), 1, "the stalled upload left a job");
 }
 
@@ -390,11 +390,10 @@ async fn storm(
     Ok(answers)
 }
 
-#[test]
-fn a_storm_of_stop_and_start_leaves_jobs_exact() {
+fn a_storm_of_stop_and_start_leaves_jobs_exact(b: Backend) {
     const CLIENTS: usize = 4;
     const CONTROLS: usize = 200;
-    let d = Daemon::start();
+    let d = Daemon::start_on(b);
     let base = gen_baseline(
         950,
         &["date", "name", "value"],
@@ -471,5 +470,7 @@ fn a_storm_of_stop_and_start_leaves_jobs_exact() {
         assert_committed_consistent(&d, id);
     }
     assert_integrity(&d);
-    wait_spool_empty(&d);
+    wait_uploads_gone(&d);
 }
+
+both_stores!(a_storm_of_stop_and_start_leaves_jobs_exact,);

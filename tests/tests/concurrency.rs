@@ -18,9 +18,8 @@ fn both<T: Sync, R: Send>(items: &[T; 2], f: impl Fn(&T) -> R + Sync) -> [R; 2] 
     })
 }
 
-#[test]
-fn two_jobctl_clients_submit_and_control_at_once() {
-    let d = Daemon::start();
+fn two_jobctl_clients_submit_and_control_at_once(b: Backend) {
+    let d = Daemon::start_on(b);
     let files = [slow_baseline(101), slow_baseline(102)];
     let paths = both(&files, |f| d.input_file(&f.bytes()));
     // Each client submits, waits for progress, stops, checks the pause and
@@ -40,9 +39,8 @@ fn two_jobctl_clients_submit_and_control_at_once() {
     }
 }
 
-#[test]
-fn many_uploads_at_once_with_a_status_poller() {
-    let d = Daemon::start();
+fn many_uploads_at_once_with_a_status_poller(b: Backend) {
+    let d = Daemon::start_on(b);
     let files: Vec<_> = (0..6)
         .map(|i| {
             gen_baseline(
@@ -83,9 +81,8 @@ fn many_uploads_at_once_with_a_status_poller() {
     }
 }
 
-#[test]
-fn wait_and_watch_block_through_a_pause() {
-    let d = Daemon::start();
+fn wait_and_watch_block_through_a_pause(b: Backend) {
+    let d = Daemon::start_on(b);
     let f = slow_baseline(103);
     let id = d.upload(&f.bytes(), Some(SLOW_RATE));
     thread::scope(|s| {
@@ -114,9 +111,8 @@ async fn status(c: &mut Client, id: &str) -> Result<JobInfo, ClientError> {
     Ok(v.remove(0))
 }
 
-#[test]
-fn library_clients_watch_on_one_connection_control_on_another() {
-    let d = Daemon::start();
+fn library_clients_watch_on_one_connection_control_on_another(b: Backend) {
+    let d = Daemon::start_on(b);
     let f = slow_baseline(104);
     let bytes = f.bytes();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -182,3 +178,10 @@ fn library_clients_watch_on_one_connection_control_on_another() {
     let id = id.unwrap_or_else(|e| panic!("client error: {e}"));
     assert_baseline_exact(&d, &id, &f.records);
 }
+
+both_stores!(
+    two_jobctl_clients_submit_and_control_at_once,
+    many_uploads_at_once_with_a_status_poller,
+    wait_and_watch_block_through_a_pause,
+    library_clients_watch_on_one_connection_control_on_another,
+);

@@ -4,9 +4,8 @@
 use jobd_tests::*;
 use std::time::{Duration, Instant};
 
-#[test]
-fn stop_then_start_baseline_applies_every_row_once() {
-    let d = Daemon::start();
+fn stop_then_start_baseline_applies_every_row_once(b: Backend) {
+    let d = Daemon::start_on(b);
     let f = slow_baseline(31);
     let id = d.upload(&f.bytes(), Some(SLOW_RATE));
     d.wait_processed(&id, MID_RUN);
@@ -14,7 +13,7 @@ fn stop_then_start_baseline_applies_every_row_once() {
     let p = d.assert_stays_paused(&id, HOLD);
     assert!(p < SLOW_ROWS as u64, "the job was not caught mid-run");
     assert_eq!(
-        store::baseline_count(&d.db(), &id),
+        d.store().baseline_count(&id),
         p,
         "records committed while paused vs processed"
     );
@@ -36,12 +35,11 @@ fn stop_then_start_baseline_applies_every_row_once() {
     let s = d.wait_completed(&id);
     assert_counts(&s, SLOW_ROWS as u64, 0, Some(SLOW_ROWS as u64));
     assert_baseline_exact(&d, &id, &f.records);
-    wait_spool_empty(&d);
+    wait_uploads_gone(&d);
 }
 
-#[test]
-fn stop_then_start_bulk_team_via_update_task() {
-    let d = Daemon::start();
+fn stop_then_start_bulk_team_via_update_task(b: Backend) {
+    let d = Daemon::start_on(b);
     let f = gen_teams(32, "gamma", SLOW_ROWS, 4);
     let id = d.bulk_team(&f.bytes, Some(SLOW_RATE));
     d.wait_processed(&id, MID_RUN);
@@ -49,11 +47,7 @@ fn stop_then_start_bulk_team_via_update_task() {
         .ok();
     let p = d.assert_stays_paused(&id, HOLD);
     assert!(p < SLOW_ROWS as u64, "the job was not caught mid-run");
-    assert_eq!(
-        store::team_count(&d.db(), &id),
-        p,
-        "teams committed while paused"
-    );
+    assert_eq!(d.store().team_count(&id), p, "teams committed while paused");
     d.jobctl(&["update-task", "--id", &id, "--action", "start"])
         .ok();
     let s = d.wait_completed(&id);
@@ -61,9 +55,8 @@ fn stop_then_start_bulk_team_via_update_task() {
     assert_teams_exact(&d, &id, &f.teams);
 }
 
-#[test]
-fn stop_then_start_export_is_byte_exact() {
-    let d = Daemon::start();
+fn stop_then_start_export_is_byte_exact(b: Backend) {
+    let d = Daemon::start_on(b);
     let from = Date::new(2024, 1, 1);
     let to = Date::new(2024, 1, 30);
     let f = gen_baseline(33, &["date", "name", "value"], 200, from, 30);
@@ -84,37 +77,32 @@ fn stop_then_start_export_is_byte_exact() {
     );
 }
 
-#[test]
-fn terminate_running_baseline_rolls_back() {
-    let d = Daemon::start();
+fn terminate_running_baseline_rolls_back(b: Backend) {
+    let d = Daemon::start_on(b);
     let f = slow_baseline(34);
     let id = d.upload(&f.bytes(), Some(SLOW_RATE));
     d.wait_processed(&id, MID_RUN);
-    assert!(
-        store::baseline_count(&d.db(), &id) > 0,
-        "nothing to roll back"
-    );
+    assert!(d.store().baseline_count(&id) > 0, "nothing to roll back");
     d.control("terminate", &id);
     let s = d.status_json(&id);
     assert_eq!(s["state"], "terminated", "after terminate: {s}");
     assert_no_effects(&d, &id);
     let out = d.jobctl(&["wait", &id]);
     assert_ne!(out.code, Some(0), "wait on a terminated job: {out}");
-    wait_spool_empty(&d);
+    wait_uploads_gone(&d);
 }
 
-#[test]
-fn terminate_paused_bulk_team_rolls_back_and_frees_the_names() {
-    let d = Daemon::start();
+fn terminate_paused_bulk_team_rolls_back_and_frees_the_names(b: Backend) {
+    let d = Daemon::start_on(b);
     let f = gen_teams(35, "delta", SLOW_ROWS, 4);
     let id = d.bulk_team(&f.bytes, Some(SLOW_RATE));
     d.wait_processed(&id, MID_RUN);
     d.stop(&id);
-    assert!(store::team_count(&d.db(), &id) > 0);
+    assert!(d.store().team_count(&id) > 0);
     d.control("terminate", &id);
     assert_eq!(d.status_json(&id)["state"], "terminated");
     assert_no_effects(&d, &id);
-    assert!(store::team_names(&d.db(), current_uid()).is_empty());
+    assert!(d.store().team_names(current_uid()).is_empty());
 
     // The same names can be created again: nothing of the terminated job is left.
     let again = d.bulk_team(&f.bytes, None);
@@ -123,9 +111,8 @@ fn terminate_paused_bulk_team_rolls_back_and_frees_the_names() {
     assert_teams_exact(&d, &again, &f.teams);
 }
 
-#[test]
-fn terminate_export_running_and_paused_leaves_no_file() {
-    let d = Daemon::start();
+fn terminate_export_running_and_paused_leaves_no_file(b: Backend) {
+    let d = Daemon::start_on(b);
     let f = gen_baseline(
         36,
         &["date", "name", "value"],
@@ -155,9 +142,8 @@ fn terminate_export_running_and_paused_leaves_no_file() {
     assert_baseline_exact(&d, &b, &f.records);
 }
 
-#[test]
-fn controls_on_an_unknown_id_are_refused() {
-    let d = Daemon::start();
+fn controls_on_an_unknown_id_are_refused(b: Backend) {
+    let d = Daemon::start_on(b);
     let id = format!("{}-baselineCSV-1700000000-4242", current_user());
     for action in ["stop", "start", "terminate"] {
         d.jobctl(&[action, &id]).refused("id_doesn't_exist");
@@ -167,9 +153,8 @@ fn controls_on_an_unknown_id_are_refused() {
     d.jobctl(&["status", &id]).refused("id_doesn't_exist");
 }
 
-#[test]
-fn controls_on_finished_jobs_are_refused() {
-    let d = Daemon::start();
+fn controls_on_finished_jobs_are_refused(b: Backend) {
+    let d = Daemon::start_on(b);
     let completed = d.upload(b"date,v\n2024-01-01,1\n", None);
     d.wait_completed(&completed);
     let failed = d.upload(b"v,w\n1,2\n", None);
@@ -189,9 +174,8 @@ fn controls_on_finished_jobs_are_refused() {
     }
 }
 
-#[test]
-fn invalid_action_is_refused() {
-    let d = Daemon::start();
+fn invalid_action_is_refused(b: Backend) {
+    let d = Daemon::start_on(b);
     let id = d.upload(&slow_baseline(38).bytes(), Some(SLOW_RATE));
     d.wait_processed(&id, MID_RUN);
     d.stop(&id);
@@ -203,9 +187,8 @@ fn invalid_action_is_refused() {
     d.control("terminate", &id);
 }
 
-#[test]
-fn paused_job_holds_no_open_file() {
-    let d = Daemon::start();
+fn paused_job_holds_no_open_file(b: Backend) {
+    let d = Daemon::start_on(b);
     let f = slow_baseline(39);
     let id = d.upload(&f.bytes(), Some(SLOW_RATE));
     d.wait_processed(&id, MID_RUN);
@@ -222,9 +205,8 @@ fn paused_job_holds_no_open_file() {
     assert_baseline_exact(&d, &id, &f.records);
 }
 
-#[test]
-fn queued_job_can_be_paused_and_stays_paused() {
-    let d = Daemon::start_with(&["--max-running", "1"]);
+fn queued_job_can_be_paused_and_stays_paused(b: Backend) {
+    let d = Daemon::start_on_with(b, &["--max-running", "1"]);
     let a = slow_baseline(40);
     let b = gen_baseline(41, &["date", "name", "value"], 50, Date::new(2024, 1, 1), 5);
     let ida = d.upload(&a.bytes(), Some(SLOW_RATE));
@@ -246,9 +228,8 @@ fn queued_job_can_be_paused_and_stays_paused() {
 /// advances only if a worker commits early: its first batch commits at 16 ms.
 /// The gaps stay below a batch's age limit (250 ms), and the file is larger than
 /// a full batch, so without that the job would never commit a row.
-#[test]
-fn a_job_stopped_soon_after_every_start_still_advances() {
-    let d = Daemon::start_with(&["--max-running", "1"]);
+fn a_job_stopped_soon_after_every_start_still_advances(b: Backend) {
+    let d = Daemon::start_on_with(b, &["--max-running", "1"]);
     // A slow job holds the one slot, so that the big one is paused before it runs.
     let blocker = slow_baseline(50);
     let blocker = d.upload(&blocker.bytes(), Some(SLOW_RATE));
@@ -286,8 +267,23 @@ fn a_job_stopped_soon_after_every_start_still_advances() {
     }
     // What was committed is exact, and the rest follows.
     let p = d.status_json(&id)["processed"].as_u64().unwrap_or(0);
-    assert_eq!(store::baseline_count(&d.db(), &id), p);
+    assert_eq!(d.store().baseline_count(&id), p);
     d.control("start", &id);
     d.wait_completed(&id);
     assert_baseline_exact(&d, &id, &big.records);
 }
+
+both_stores!(
+    stop_then_start_baseline_applies_every_row_once,
+    stop_then_start_bulk_team_via_update_task,
+    stop_then_start_export_is_byte_exact,
+    terminate_running_baseline_rolls_back,
+    terminate_paused_bulk_team_rolls_back_and_frees_the_names,
+    terminate_export_running_and_paused_leaves_no_file,
+    controls_on_an_unknown_id_are_refused,
+    controls_on_finished_jobs_are_refused,
+    invalid_action_is_refused,
+    paused_job_holds_no_open_file,
+    queued_job_can_be_paused_and_stays_paused,
+    a_job_stopped_soon_after_every_start_still_advances,
+);

@@ -328,10 +328,10 @@ fn verify(input: &Input, data: Option<&ExportData>, d: &Daemon, id: &str, r: &Da
 }
 
 /// Runs jobs of `kind` until `points` kill points were made; returns (points, runs).
-fn crash_kind(kind: Kind, points: u64, seed: &Seed) -> (u64, u64) {
+fn crash_kind(kind: Kind, points: u64, seed: &Seed, b: Backend) -> (u64, u64) {
     let mut rng = seed.rng(kind.salt());
-    let mut d = Daemon::start_with(&["--max-running", "2"]);
-    let reference = Daemon::start_with(&["--max-running", "2"]);
+    let mut d = Daemon::start_on_with(b, &["--max-running", "2"]);
+    let reference = Daemon::start_on_with(b, &["--max-running", "2"]);
     let data = (kind == Kind::Export).then(|| export_data(rng.next_u64()));
     if let Some(data) = &data {
         upload_export_data(&d, data);
@@ -366,41 +366,43 @@ fn crash_kind(kind: Kind, points: u64, seed: &Seed) -> (u64, u64) {
         d.wait_completed(&id);
         verify(&input, data.as_ref(), &d, &id, &reference, &rid);
         if kind != Kind::Export {
-            wait_spool_empty(&d);
+            wait_uploads_gone(&d);
         }
     }
     assert_integrity(&d);
     (made, runs)
 }
 
-fn crash_ci(kind: Kind, name: &str) {
+fn crash_ci(kind: Kind, name: &str, b: Backend) {
     let seed = Seed::from_env("JOBD_CRASH_SEED", name);
-    let (points, runs) = crash_kind(kind, CI_POINTS, &seed);
+    let (points, runs) = crash_kind(kind, CI_POINTS, &seed, b);
     eprintln!("[{name}] {points} kill points over {runs} job runs");
     assert!(points >= CI_POINTS);
 }
 
-#[test]
-fn crash_baseline_upload_at_random_points() {
-    crash_ci(Kind::Baseline, "crash_baseline_upload_at_random_points");
+fn crash_baseline_upload_at_random_points(b: Backend) {
+    crash_ci(Kind::Baseline, "crash_baseline_upload_at_random_points", b);
 }
 
-#[test]
-fn crash_bulk_team_at_random_points() {
-    crash_ci(Kind::Teams, "crash_bulk_team_at_random_points");
+fn crash_bulk_team_at_random_points(b: Backend) {
+    crash_ci(Kind::Teams, "crash_bulk_team_at_random_points", b);
 }
 
-#[test]
-fn crash_export_at_random_points() {
-    crash_ci(Kind::Export, "crash_export_at_random_points");
+fn crash_export_at_random_points(b: Backend) {
+    crash_ci(Kind::Export, "crash_export_at_random_points", b);
 }
 
 /// The soak: `JOBD_CRASH_POINTS` kill points (default 500) across the three kinds,
-/// the kinds in parallel.
+/// the kinds in parallel, on the store `JOBD_CRASH_STORE` names (`sqlite`, the
+/// default, or `postgres`).
 #[test]
 #[ignore = "soak: run with JOBD_CRASH_POINTS=N -- --ignored"]
 fn crash_soak() {
     let total = env_number("JOBD_CRASH_POINTS", 500).max(3);
+    let store = match std::env::var("JOBD_CRASH_STORE").as_deref() {
+        Ok("postgres") => Backend::Postgres,
+        _ => Backend::Sqlite,
+    };
     let seed = Seed::from_env("JOBD_CRASH_SEED", "crash_soak");
     let started = Instant::now();
     let results: Vec<(Kind, (u64, u64))> = thread::scope(|s| {
@@ -408,7 +410,7 @@ fn crash_soak() {
             .into_iter()
             .map(|k| {
                 let seed = &seed;
-                s.spawn(move || (k, crash_kind(k, total.div_ceil(3), seed)))
+                s.spawn(move || (k, crash_kind(k, total.div_ceil(3), seed, store)))
             })
             .collect();
         handles
@@ -461,9 +463,8 @@ fn trio(d: &Daemon, seed: u64) -> Trio {
     }
 }
 
-#[test]
-fn acknowledged_stop_survives_sigkill() {
-    let mut d = Daemon::start_with(&["--max-running", "3"]);
+fn acknowledged_stop_survives_sigkill(b: Backend) {
+    let mut d = Daemon::start_on_with(b, &["--max-running", "3"]);
     let t = trio(&d, 301);
     let before: Vec<Value> = t.ids.iter().map(|id| d.stop(id)).collect();
     d.sigkill();
@@ -499,7 +500,7 @@ fn acknowledged_stop_survives_sigkill() {
         &d.output(e),
         &expected_export(&[&t.data], Date::new(2024, 1, 1), Date::new(2024, 1, 30)),
     );
-    wait_spool_empty(&d);
+    wait_uploads_gone(&d);
 }
 
 /// The job is terminated with nothing left: no effects, no row errors, no files,
@@ -518,9 +519,8 @@ fn assert_terminated_clean(d: &Daemon, id: &str) {
     d.jobctl(&["start", id]).refused("job_finished");
 }
 
-#[test]
-fn acknowledged_terminate_survives_sigkill() {
-    let mut d = Daemon::start_with(&["--max-running", "3"]);
+fn acknowledged_terminate_survives_sigkill(b: Backend) {
+    let mut d = Daemon::start_on_with(b, &["--max-running", "3"]);
     let t = trio(&d, 311);
     for id in &t.ids {
         d.control("terminate", id);
@@ -531,14 +531,13 @@ fn acknowledged_terminate_survives_sigkill() {
     for id in &t.ids {
         assert_terminated_clean(&d, id);
     }
-    wait_spool_empty(&d);
+    wait_uploads_gone(&d);
 }
 
 /// A crash between the committed `terminating` mark and the rollback's commit,
 /// simulated: the jobs are marked `terminating` in the store while jobd is down.
-#[test]
-fn crash_inside_a_terminate_rollback_is_finished_at_restart() {
-    let mut d = Daemon::start_with(&["--max-running", "3"]);
+fn crash_inside_a_terminate_rollback_is_finished_at_restart(b: Backend) {
+    let mut d = Daemon::start_on_with(b, &["--max-running", "3"]);
     let t = trio(&d, 321);
     d.sigkill();
     for id in &t.ids {
@@ -546,13 +545,16 @@ fn crash_inside_a_terminate_rollback_is_finished_at_restart() {
         assert!(c.processed > 0, "{id} has no effects to roll back: {c:?}");
         set_stored_state(&d, id, "terminating");
     }
-    assert!(d.export_file(&t.ids[2]).exists());
+    assert!(
+        d.store().output(&t.ids[2]).is_some(),
+        "the export has output"
+    );
     d.restart();
     assert_integrity(&d);
     for id in &t.ids {
         assert_terminated_clean(&d, id);
     }
-    wait_spool_empty(&d);
+    wait_uploads_gone(&d);
     assert!(
         d.logs().contains("interrupted terminate"),
         "no sign of the finished rollback in the log"
@@ -564,11 +566,10 @@ fn crash_inside_a_terminate_rollback_is_finished_at_restart() {
 /// a random moment after the request was sent. Whatever the moment, after the
 /// restart the job is either untouched (effects matching its committed counters) or
 /// terminated with nothing left; never half rolled back.
-#[test]
-fn sigkill_racing_a_terminate_never_leaves_half_a_rollback() {
+fn sigkill_racing_a_terminate_never_leaves_half_a_rollback(b: Backend) {
     let seed = Seed::from_env("JOBD_CRASH_SEED", "sigkill_racing_a_terminate");
     let mut rng = seed.rng(0x7E);
-    let mut d = Daemon::start_with(&["--max-running", "5"]);
+    let mut d = Daemon::start_on_with(b, &["--max-running", "5"]);
     let files: Vec<MixedBaseline> = (0..5)
         .map(|i| {
             baseline_mixed(
@@ -678,8 +679,8 @@ fn csv_about(cmd: &str, bytes: usize) -> Vec<u8> {
     s.into_bytes()
 }
 
-fn no_jobs_and_no_spool(d: &Daemon) {
-    wait_spool_empty(d);
+fn no_jobs_and_no_upload(d: &Daemon) {
+    wait_uploads_gone(d);
     let jobs = d.status_all();
     assert!(
         jobs.is_empty(),
@@ -687,9 +688,8 @@ fn no_jobs_and_no_spool(d: &Daemon) {
     );
 }
 
-#[test]
-fn client_killed_mid_upload_leaves_no_job_and_no_spool_file() {
-    let d = Daemon::start();
+fn client_killed_mid_upload_leaves_no_job_and_no_upload(b: Backend) {
+    let d = Daemon::start_on(b);
     // jobctl streaming from a pipe that stops being fed, then SIGKILLed.
     for cmd in ["upload", "bulk-team"] {
         let mut child = piped_jobctl(&d, cmd);
@@ -697,11 +697,11 @@ fn client_killed_mid_upload_leaves_no_job_and_no_spool_file() {
         stdin
             .write_all(&csv_about(cmd, 700 * 1024))
             .expect("feed jobctl");
-        wait_spooled(&d, 256 * 1024);
+        wait_receiving(&d, 256 * 1024);
         child.kill().expect("SIGKILL jobctl");
         child.wait().expect("reap jobctl");
         drop(stdin);
-        no_jobs_and_no_spool(&d);
+        no_jobs_and_no_upload(&d);
     }
     // The client library dropped in the middle of the stream.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -727,7 +727,7 @@ fn client_killed_mid_upload_leaves_no_job_and_no_spool_file() {
         .expect("chunk");
         drop(c);
     });
-    no_jobs_and_no_spool(&d);
+    no_jobs_and_no_upload(&d);
     // A chunk frame cut in its middle, then the connection closed.
     let mut w = Wire::start_upload(&d, UploadKind::BaselineCsv);
     let frame = jobd_protocol::frame::encode(&Request::Chunk {
@@ -735,23 +735,22 @@ fn client_killed_mid_upload_leaves_no_job_and_no_spool_file() {
     })
     .expect("encode");
     w.send_raw(&frame[..frame.len() / 2]).expect("half a frame");
-    wait_for("a spool file for the upload", DEADLINE, || {
-        !d.spool_files().is_empty()
+    wait_for("the upload begun in the store", DEADLINE, || {
+        d.uploads() > 0
     });
     drop(w);
-    no_jobs_and_no_spool(&d);
+    no_jobs_and_no_upload(&d);
     d.jobctl(&["ping"]).ok();
 }
 
-#[test]
-fn daemon_killed_mid_upload_gives_the_client_an_error_and_leaves_nothing() {
-    let mut d = Daemon::start();
+fn daemon_killed_mid_upload_gives_the_client_an_error_and_leaves_nothing(b: Backend) {
+    let mut d = Daemon::start_on(b);
     let mut child = piped_jobctl(&d, "upload");
     let mut stdin = child.stdin.take().expect("stdin");
     stdin
         .write_all(&csv_about("upload", 700 * 1024))
         .expect("feed jobctl");
-    wait_spooled(&d, 256 * 1024);
+    wait_receiving(&d, 256 * 1024);
     d.sigkill();
     // The client notices when it next writes: feed it more, then end its input.
     let feeder = thread::spawn(move || {
@@ -788,8 +787,20 @@ fn daemon_killed_mid_upload_gives_the_client_an_error_and_leaves_nothing() {
     );
     d.restart();
     assert_integrity(&d);
-    no_jobs_and_no_spool(&d);
+    no_jobs_and_no_upload(&d);
     // And the daemon takes the same upload whole afterwards.
     let id = d.upload(&csv_about("upload", 20_000), None);
     d.wait_completed(&id);
 }
+
+both_stores!(
+    acknowledged_stop_survives_sigkill,
+    acknowledged_terminate_survives_sigkill,
+    crash_inside_a_terminate_rollback_is_finished_at_restart,
+    sigkill_racing_a_terminate_never_leaves_half_a_rollback,
+    client_killed_mid_upload_leaves_no_job_and_no_upload,
+    crash_baseline_upload_at_random_points,
+    crash_bulk_team_at_random_points,
+    crash_export_at_random_points,
+    daemon_killed_mid_upload_gives_the_client_an_error_and_leaves_nothing,
+);

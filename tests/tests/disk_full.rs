@@ -73,7 +73,7 @@ fn an_upload_that_does_not_fit_is_refused() {
         says_no_space(&out.stderr),
         "the refusal does not say the disk is full: {out}"
     );
-    wait_spool_empty(&d);
+    wait_uploads_gone(&d);
     assert!(
         d.status_all().is_empty(),
         "a job exists after a refused upload"
@@ -111,7 +111,7 @@ fn a_job_that_hits_enospc_fails_and_the_daemon_keeps_serving() {
     // What was committed is consistent, and the daemon still answers.
     assert_committed_consistent(&d, &id);
     still_serving(&d);
-    wait_spool_empty(&d);
+    wait_uploads_gone(&d);
 
     // Full to the brim: a new upload is refused cleanly, with nothing left behind.
     let filler = fill(&fs, 0);
@@ -171,7 +171,7 @@ fn an_export_that_hits_enospc_fails_and_leaves_no_file() {
     );
     eprintln!("[disk_full] export failed with: {err}");
     assert!(
-        !d.export_file(&id).exists(),
+        d.store().output(&id).is_none(),
         "the failed export left its file"
     );
     d.jobctl(&["output", &id]).refused("no_output");

@@ -16,9 +16,8 @@ fn first_row_on(f: &mut BaselineFile, date: Date) {
     f.records[0].date = date.to_string();
 }
 
-#[test]
-fn export_is_byte_exact_with_union_of_columns() {
-    let d = Daemon::start();
+fn export_is_byte_exact_with_union_of_columns(b: Backend) {
+    let d = Daemon::start_on(b);
     let from = Date::new(2024, 3, 1);
     let to = Date::new(2024, 3, 20);
     let mut a = gen_baseline(11, &["date", "name", "value"], 120, from, 20);
@@ -41,13 +40,15 @@ fn export_is_byte_exact_with_union_of_columns() {
     assert!(want.starts_with(b"date,name,value,score\n"));
     let got = d.output(&id);
     assert_bytes_eq("export output", &got, &want);
-    let on_disk = std::fs::read(d.export_file(&id)).expect("export file on disk");
-    assert_bytes_eq("export file", &on_disk, &want);
+    let stored = d
+        .store()
+        .output(&id)
+        .expect("the export's output in the store");
+    assert_bytes_eq("export output as stored", &stored, &want);
 }
 
-#[test]
-fn export_header_counts_only_exported_records() {
-    let d = Daemon::start();
+fn export_header_counts_only_exported_records(b: Backend) {
+    let d = Daemon::start_on(b);
     let from = Date::new(2024, 3, 1);
     let to = Date::new(2024, 3, 10);
     let a = gen_baseline(13, &["date", "name", "value"], 50, from, 10);
@@ -62,9 +63,8 @@ fn export_header_counts_only_exported_records() {
     assert_bytes_eq("export output", &d.output(&id), &want);
 }
 
-#[test]
-fn export_of_one_day() {
-    let d = Daemon::start();
+fn export_of_one_day(b: Backend) {
+    let d = Daemon::start_on(b);
     let f = gen_baseline(
         15,
         &["date", "name", "value"],
@@ -85,9 +85,8 @@ fn export_of_one_day() {
     );
 }
 
-#[test]
-fn bad_and_reversed_dates_are_refused() {
-    let d = Daemon::start();
+fn bad_and_reversed_dates_are_refused(b: Backend) {
+    let d = Daemon::start_on(b);
     let cases: &[(&str, &str, &str)] = &[
         ("2024-13-01", "2024-12-31", "invalid_from_date"),
         ("2023-02-29", "2023-03-01", "invalid_from_date"),
@@ -117,9 +116,8 @@ fn bad_and_reversed_dates_are_refused() {
     d.wait_completed(&id);
 }
 
-#[test]
-fn export_sees_only_completed_jobs() {
-    let d = Daemon::start();
+fn export_sees_only_completed_jobs(b: Backend) {
+    let d = Daemon::start_on(b);
     let from = Date::new(2024, 5, 1);
     let to = Date::new(2024, 5, 30);
     let done = slow_baseline(21);
@@ -154,9 +152,8 @@ fn export_sees_only_completed_jobs() {
     );
 }
 
-#[test]
-fn output_is_refused_until_the_export_completed() {
-    let d = Daemon::start();
+fn output_is_refused_until_the_export_completed(b: Backend) {
+    let d = Daemon::start_on(b);
     let f = gen_baseline(
         24,
         &["date", "name", "value"],
@@ -175,9 +172,8 @@ fn output_is_refused_until_the_export_completed() {
     d.control("terminate", &id);
 }
 
-#[test]
-fn output_to_a_file() {
-    let d = Daemon::start();
+fn output_to_a_file(b: Backend) {
+    let d = Daemon::start_on(b);
     let f = gen_baseline(25, &["date", "name", "value"], 40, Date::new(2024, 1, 1), 5);
     uploaded(&d, &f);
     let id = d.export("2024-01-01", "2024-01-05", None);
@@ -199,3 +195,13 @@ fn output_to_a_file() {
     let out = d.jobctl(&["output", &id, "-o", "-"]).ok();
     assert_bytes_eq("output -o -", &out.stdout, &want);
 }
+
+both_stores!(
+    export_is_byte_exact_with_union_of_columns,
+    export_header_counts_only_exported_records,
+    export_of_one_day,
+    bad_and_reversed_dates_are_refused,
+    export_sees_only_completed_jobs,
+    output_is_refused_until_the_export_completed,
+    output_to_a_file,
+);

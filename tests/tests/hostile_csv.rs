@@ -320,7 +320,7 @@ fn check_case(d: &Daemon, case: &Case) {
             assert_eq!(s["error"], *message, "{what}: {s}");
         }
     }
-    let db = d.db();
+    let db = d.store();
     if teams {
         let want: Vec<TeamRow> = case
             .rows
@@ -331,7 +331,7 @@ fn check_case(d: &Daemon, case: &Case) {
                 members: members.iter().map(|m| m.to_string()).collect(),
             })
             .collect();
-        assert_eq!(store::teams_of_job(&db, &id), want, "{what}: teams");
+        assert_eq!(db.teams_of_job(&id), want, "{what}: teams");
     } else {
         let want: Vec<BaselineRecord> = case
             .rows
@@ -342,22 +342,17 @@ fn check_case(d: &Daemon, case: &Case) {
                 fields: fields.iter().map(|f| f.to_string()).collect(),
             })
             .collect();
-        assert_eq!(store::baseline_records(&db, &id), want, "{what}: records");
+        assert_eq!(db.baseline_records(&id), want, "{what}: records");
         if let Some(cols) = case.columns {
             let want: Vec<String> = cols.iter().map(|c| c.to_string()).collect();
-            assert_eq!(
-                store::baseline_columns(&db, &id),
-                Some(want),
-                "{what}: columns"
-            );
+            assert_eq!(db.baseline_columns(&id), Some(want), "{what}: columns");
         }
     }
     assert_committed_consistent(d, &id);
 }
 
-#[test]
-fn corpus_files_get_exact_row_errors_or_a_clear_failure() {
-    let d = Daemon::start();
+fn corpus_files_get_exact_row_errors_or_a_clear_failure(b: Backend) {
+    let d = Daemon::start_on(b);
     for case in CASES {
         check_case(&d, case);
     }
@@ -375,16 +370,15 @@ fn corpus_files_get_exact_row_errors_or_a_clear_failure() {
         extra.is_empty(),
         "corpus files without expectations: {extra:?}"
     );
-    wait_spool_empty(&d);
+    wait_uploads_gone(&d);
     assert_integrity(&d);
     eprintln!("[hostile_csv] {} corpus files checked", CASES.len());
 }
 
 /// A 10 MiB single field, bare and quoted (with commas, quotes and line ends inside):
 /// stored whole, and the daemon's peak memory stays reasonable.
-#[test]
-fn ten_mib_single_field() {
-    let d = Daemon::start();
+fn ten_mib_single_field(b: Backend) {
+    let d = Daemon::start_on(b);
     let field: String = "abcdefghij".repeat(1024 * 1024);
     let mut quoted_value = String::new();
     while quoted_value.len() < 10 << 20 {
@@ -402,7 +396,7 @@ fn ten_mib_single_field() {
         let (id, s) = run_file(&d, "upload", &path);
         assert_eq!(s["state"], "completed", "{s}");
         assert_counts(&s, 2, 0, Some(2));
-        let recs = store::baseline_records(&d.db(), &id);
+        let recs = d.store().baseline_records(&id);
         assert_eq!(recs.len(), 2);
         assert!(
             recs[0].fields[0] == value,
@@ -421,9 +415,8 @@ fn ten_mib_single_field() {
 /// Memory must not follow the size of one record: a single 64 MiB field is a row
 /// error (rows are bounded at 16 MiB), the next row is taken, and the daemon's peak
 /// does not grow with it.
-#[test]
-fn one_huge_record_does_not_make_memory_follow_it() {
-    let d = Daemon::start();
+fn one_huge_record_does_not_make_memory_follow_it(b: Backend) {
+    let d = Daemon::start_on(b);
     let hwm0 = proc_kb(d.pid(), "VmHWM");
     let mut bytes = b"date,name,value\n2024-01-01,".to_vec();
     bytes.resize(bytes.len() + (64 << 20), b'x');
@@ -443,7 +436,7 @@ fn one_huge_record_does_not_make_memory_follow_it() {
     assert_counts(&s, 1, 1, Some(2));
     assert_eq!(d.errors(&id), [(1, TOO_LARGE.to_string())]);
     assert_eq!(
-        store::baseline_records(&d.db(), &id),
+        d.store().baseline_records(&id),
         [BaselineRecord {
             row: 2,
             date: "2024-01-02".into(),
@@ -455,9 +448,8 @@ fn one_huge_record_does_not_make_memory_follow_it() {
 /// The same bound holds for rows made only of separators (empty fields carry no
 /// bytes of their own, but each costs the parser a field end): 24 MiB of commas in
 /// a data row, and in the header.
-#[test]
-fn a_row_of_only_commas_does_not_make_memory_follow_it() {
-    let d = Daemon::start();
+fn a_row_of_only_commas_does_not_make_memory_follow_it(b: Backend) {
+    let d = Daemon::start_on(b);
     let hwm0 = proc_kb(d.pid(), "VmHWM");
     let commas = vec![b','; 24 << 20];
     let mut data_row = b"date,name,value\n2024-01-01".to_vec();
@@ -516,9 +508,8 @@ fn wide_row(date: &str, n: usize) -> String {
 const WIDE: usize = 100_000;
 
 /// 100 000 columns: a baseline upload and a team with 99 999 members.
-#[test]
-fn one_hundred_thousand_columns() {
-    let d = Daemon::start();
+fn one_hundred_thousand_columns(b: Backend) {
+    let d = Daemon::start_on(b);
     let mut text = wide_header(WIDE);
     for day in 1..=3 {
         text.push_str(&wide_row(&format!("2024-01-0{day}"), WIDE));
@@ -534,12 +525,9 @@ fn one_hundred_thousand_columns() {
             format!("expected {WIDE} fields as in the header, found 3")
         )]
     );
-    let db = d.db();
-    assert_eq!(
-        store::baseline_columns(&db, &id).map(|c| c.len()),
-        Some(WIDE - 1)
-    );
-    let recs = store::baseline_records(&db, &id);
+    let db = d.store();
+    assert_eq!(db.baseline_columns(&id).map(|c| c.len()), Some(WIDE - 1));
+    let recs = db.baseline_records(&id);
     assert_eq!(recs.len(), 3);
     assert!(recs
         .iter()
@@ -557,7 +545,7 @@ fn one_hundred_thousand_columns() {
     let (tid, s) = run_file(&d, "bulk-team", &d.input_file(teams.as_bytes()));
     assert_eq!(s["state"], "completed", "{s}");
     assert_counts(&s, 1, 0, Some(1));
-    let t = store::teams_of_job(&d.db(), &tid);
+    let t = d.store().teams_of_job(&tid);
     assert_eq!(t.len(), 1);
     assert_eq!(t[0].members.len(), WIDE - 1);
     assert_eq!(t[0].members[WIDE - 2], format!("p{}", WIDE - 1));
@@ -571,9 +559,8 @@ fn one_hundred_thousand_columns() {
 
 /// Exporting records with 100 000 columns costs about what writing them does: the
 /// header union must not be quadratic in the number of columns.
-#[test]
-fn export_of_one_hundred_thousand_columns() {
-    let d = Daemon::start();
+fn export_of_one_hundred_thousand_columns(b: Backend) {
+    let d = Daemon::start_on(b);
     let mut text = wide_header(WIDE);
     for day in 1..=3 {
         text.push_str(&wide_row(&format!("2024-01-0{day}"), WIDE));
@@ -607,10 +594,9 @@ fn random_bytes(seed: u64, n: usize) -> Vec<u8> {
 /// Binary files: as a whole (the header is garbage: a clear failure), and after a
 /// valid header (row errors with row numbers, then a failure on the error limit
 /// that names the row).
-#[test]
-fn binary_files() {
+fn binary_files(b: Backend) {
     let seed = Seed::from_env("JOBD_HOSTILE_SEED", "binary_files");
-    let d = Daemon::start_with(&["--max-row-errors", "1000"]);
+    let d = Daemon::start_on_with(b, &["--max-row-errors", "1000"]);
     let hwm0 = proc_kb(d.pid(), "VmHWM");
     for (i, cmd) in ["upload", "bulk-team"].into_iter().enumerate() {
         let junk = random_bytes(seed.value + i as u64, 2 << 20);
@@ -668,5 +654,15 @@ fn binary_files() {
     let hwm = proc_kb(d.pid(), "VmHWM");
     eprintln!("[hostile_csv] jobd VmHWM {hwm0} -> {hwm} kB over the binary files");
     assert!(hwm < 200 * 1024);
-    wait_spool_empty(&d);
+    wait_uploads_gone(&d);
 }
+
+both_stores!(
+    corpus_files_get_exact_row_errors_or_a_clear_failure,
+    ten_mib_single_field,
+    one_huge_record_does_not_make_memory_follow_it,
+    a_row_of_only_commas_does_not_make_memory_follow_it,
+    one_hundred_thousand_columns,
+    export_of_one_hundred_thousand_columns,
+    binary_files,
+);

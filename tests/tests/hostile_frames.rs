@@ -243,7 +243,7 @@ fn truncated_frames_end_only_their_connection() {
         );
         obs.check(&case);
     }
-    wait_spool_empty(&d);
+    wait_uploads_gone(&d);
     assert!(d.status_all().is_empty(), "a truncated upload made a job");
 }
 
@@ -480,7 +480,7 @@ fn valid_frames_in_an_invalid_order() {
         "{rest:?}"
     );
     obs.check("ping during a watch");
-    wait_spool_empty(&d);
+    wait_uploads_gone(&d);
     assert_eq!(d.status_all().len(), 1, "only the watched job exists");
 }
 
@@ -513,7 +513,7 @@ fn hostile_connections_in_parallel() {
         }
     });
     Observer::new(&d).check("parallel hostile connections");
-    wait_spool_empty(&d);
+    wait_uploads_gone(&d);
 }
 
 /// An upload past `--max-upload-bytes` is refused in the middle of the stream
@@ -539,7 +539,7 @@ fn an_upload_over_the_size_limit_is_refused_midstream() {
         matches!(seen.as_slice(), [r] if is_error(r, ErrorCode::UploadIncomplete)),
         "{seen:?}"
     );
-    wait_spool_empty(&d);
+    wait_uploads_gone(&d);
     assert!(d.status_all().is_empty(), "a refused upload made a job");
     // Under the limit, the same daemon takes it.
     let id = d.upload(&text.as_bytes()[..50_000], None);

@@ -30,9 +30,8 @@ fn get_json(shim: &Shim, target: &str) -> Value {
     r.json()
 }
 
-#[test]
-fn jobs_and_job_status_match_jobctl() {
-    let d = Daemon::start();
+fn jobs_and_job_status_match_jobctl(b: Backend) {
+    let d = Daemon::start_on(b);
     let shim = Shim::start(&d, &[]);
     assert_eq!(get_json(&shim, "/jobs"), Value::Array(vec![]));
 
@@ -72,9 +71,8 @@ fn jobs_and_job_status_match_jobctl() {
     shim.get("/healthz").expect_json(200, "{\"status\":\"ok\"}");
 }
 
-#[test]
-fn output_streams_the_export_and_errors_list_the_rows() {
-    let d = Daemon::start();
+fn output_streams_the_export_and_errors_list_the_rows(b: Backend) {
+    let d = Daemon::start_on(b);
     let shim = Shim::start(&d, &[]);
     let f = gen_baseline(11, &["date", "city", "n"], 3000, Date::new(2023, 3, 1), 20);
     let up = d.upload(&f.bytes(), None);
@@ -151,9 +149,8 @@ fn all_events(stream: &mut SseStream) -> Vec<SseEvent> {
     events
 }
 
-#[test]
-fn events_follow_a_job_from_submit_to_end() {
-    let d = Daemon::start();
+fn events_follow_a_job_from_submit_to_end(b: Backend) {
+    let d = Daemon::start_on(b);
     let shim = Shim::start(&d, &[]);
     let id = created(&shim.post(
         "/exportData?rate=20",
@@ -239,9 +236,8 @@ fn events_follow_a_job_from_submit_to_end() {
     shim.get("/healthz").expect_json(200, "{\"status\":\"ok\"}");
 }
 
-#[test]
-fn a_client_leaving_an_event_stream_ends_the_watch() {
-    let d = Daemon::start();
+fn a_client_leaving_an_event_stream_ends_the_watch(b: Backend) {
+    let d = Daemon::start_on(b);
     let shim = Shim::start(&d, &[]);
     let slow = created(&shim.post(
         "/exportData?rate=5",
@@ -259,3 +255,10 @@ fn a_client_leaving_an_event_stream_ends_the_watch() {
     shim.get(&format!("/updateTask?id={slow}&action=terminate"))
         .expect_json(200, &format!("{{\"status\":\"Job {slow} terminated.\"}}"));
 }
+
+both_stores!(
+    jobs_and_job_status_match_jobctl,
+    output_streams_the_export_and_errors_list_the_rows,
+    events_follow_a_job_from_submit_to_end,
+    a_client_leaving_an_event_stream_ends_the_watch,
+);

@@ -3,6 +3,7 @@
 //! streaming uploads (memory bound, client dropping mid-upload); a daemon restart
 //! under the running shim; graceful shutdown and bounded logging.
 
+use jobd_tests::crash::receiving;
 use jobd_tests::http::read_response;
 use jobd_tests::http::{write_head, HttpResponse, Multipart, Shim, SseStream};
 use jobd_tests::*;
@@ -80,9 +81,8 @@ fn slow_export(shim: &Shim, rate: u32) -> String {
     job_id(&r, "createExport", since)
 }
 
-#[test]
-fn upload_routes_accept_files_and_refuse_anything_else() {
-    let d = Daemon::start();
+fn upload_routes_accept_files_and_refuse_anything_else(b: Backend) {
+    let d = Daemon::start_on(b);
     let shim = Shim::start(&d, &[]);
     let since = unix_now();
 
@@ -167,12 +167,11 @@ fn upload_routes_accept_files_and_refuse_anything_else() {
     let mut want = vec![b, t, bin, ragged, id];
     want.sort();
     assert_eq!(ids, want);
-    wait_spool_empty(&d);
+    wait_uploads_gone(&d);
 }
 
-#[test]
-fn export_data_validates_like_the_original() {
-    let d = Daemon::start();
+fn export_data_validates_like_the_original(b: Backend) {
+    let d = Daemon::start_on(b);
     let shim = Shim::start(&d, &[]);
     let since = unix_now();
     let ok = |ct: Option<&str>, body: &str| {
@@ -317,9 +316,8 @@ fn update_task_checks_id_then_existence_then_action() {
         .expect_json(200, &format!("{{\"status\":\"Job {live} terminated.\"}}"));
 }
 
-#[test]
-fn update_task_stops_starts_and_terminates_live_jobs() {
-    let d = Daemon::start();
+fn update_task_stops_starts_and_terminates_live_jobs(b: Backend) {
+    let d = Daemon::start_on(b);
     let shim = Shim::start(&d, &[]);
     let expect = |q: &str, id: &str, word: &str| {
         update(&shim, q).expect_json(200, &format!("{{\"status\":\"Job {id} {word}.\"}}"));
@@ -373,9 +371,8 @@ fn update_task_stops_starts_and_terminates_live_jobs() {
     assert_no_effects(&d, &t);
 }
 
-#[test]
-fn finished_and_terminated_jobs_do_not_exist_for_update_task() {
-    let d = Daemon::start();
+fn finished_and_terminated_jobs_do_not_exist_for_update_task(b: Backend) {
+    let d = Daemon::start_on(b);
     let shim = Shim::start(&d, &[]);
     let since = unix_now();
     let done = job_id(
@@ -457,9 +454,8 @@ fn unknown_routes_wrong_methods_and_trailing_slashes() {
     assert!(d.status_all().is_empty());
 }
 
-#[test]
-fn default_rate_and_rate_parameter() {
-    let d = Daemon::start();
+fn default_rate_and_rate_parameter(b: Backend) {
+    let d = Daemon::start_on(b);
     let shim = Shim::start(&d, &["--default-rate", "1"]);
     let since = unix_now();
     let body = br#"{"from":"2020-01-01","to":"2020-01-10"}"#;
@@ -514,11 +510,10 @@ fn start_upload(shim: &Shim, route: &str, file_len: u64) -> (std::net::TcpStream
     (s, form)
 }
 
-#[test]
-fn uploads_stream_without_buffering_the_file() {
+fn uploads_stream_without_buffering_the_file(b: Backend) {
     const MIB: usize = 1024 * 1024;
     const FILE: usize = 200 * MIB;
-    let d = Daemon::start();
+    let d = Daemon::start_on(b);
     let shim = Shim::start(&d, &[]);
     // Warm up: one small upload, so that steady-state buffers exist.
     let since = unix_now();
@@ -555,36 +550,29 @@ fn uploads_stream_without_buffering_the_file() {
     );
     let s = wait_http(&shim, &id, "the end", is_finished);
     assert_eq!(s["state"], "failed", "{s}");
-    wait_spool_empty(&d);
+    wait_uploads_gone(&d);
 }
 
-#[test]
-fn a_client_dropping_mid_upload_leaves_no_job() {
-    let d = Daemon::start();
+fn a_client_dropping_mid_upload_leaves_no_job(b: Backend) {
+    let d = Daemon::start_on(b);
     let shim = Shim::start(&d, &[]);
     let chunk = vec![b'7'; 1024 * 1024];
     let (mut s, _form) = start_upload(&shim, "/createBulkTeam", 64 * 1024 * 1024);
     s.write_all(b"team,m1\n").expect("upload");
-    // Keep sending until the daemon's spool file holds some of it.
+    // Keep sending until the daemon's store holds some of it.
     let deadline = Instant::now() + DEADLINE;
     loop {
         s.write_all(&chunk).expect("upload");
-        let spooled: u64 = d
-            .spool_files()
-            .iter()
-            .filter_map(|p| std::fs::metadata(p).ok())
-            .map(|m| m.len())
-            .sum();
-        if spooled > 0 {
+        if receiving(&d, 1) {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "nothing reached the daemon's spool"
+            "nothing reached the daemon's store"
         );
     }
     drop(s);
-    wait_spool_empty(&d);
+    wait_uploads_gone(&d);
     assert!(
         d.status_all().is_empty(),
         "a job exists: {:?}",
@@ -680,7 +668,7 @@ fn sigterm_lets_in_flight_requests_finish() {
     s.flush().expect("flush");
     // Let the shim see the request before the signal.
     let deadline = Instant::now() + DEADLINE;
-    while d.spool_files().is_empty() {
+    while d.uploads() == 0 {
         assert!(
             Instant::now() < deadline,
             "the upload did not reach the daemon"
@@ -947,3 +935,13 @@ fn connections_beyond_the_limit_wait_their_turn() {
     let second = read_response(&mut BufReader::new(second), "GET");
     assert_eq!(second.status, 200, "{second}");
 }
+
+both_stores!(
+    upload_routes_accept_files_and_refuse_anything_else,
+    export_data_validates_like_the_original,
+    update_task_stops_starts_and_terminates_live_jobs,
+    finished_and_terminated_jobs_do_not_exist_for_update_task,
+    default_rate_and_rate_parameter,
+    uploads_stream_without_buffering_the_file,
+    a_client_dropping_mid_upload_leaves_no_job,
+);

@@ -147,9 +147,8 @@ fn garbage_and_truncated_frames_end_only_their_connection() {
     assert!(d.status_all().is_empty());
 }
 
-#[test]
-fn disconnect_mid_upload_leaves_no_job_and_no_spool_file() {
-    let d = Daemon::start();
+fn disconnect_mid_upload_leaves_no_job_and_no_upload(b: Backend) {
+    let d = Daemon::start_on(b);
     let mut s = connect(&d);
     hello(&mut s);
     send(
@@ -166,22 +165,21 @@ fn disconnect_mid_upload_leaves_no_job_and_no_spool_file() {
             data: b"date,v\n2024-01-01,1\n2024-01-02,2\n".to_vec(),
         },
     );
-    // Make sure the daemon received the chunk (a spool file exists) before leaving.
+    // Make sure the daemon began the upload in its store before leaving.
     let deadline = Instant::now() + DEADLINE;
-    while d.spool_files().is_empty() && Instant::now() < deadline {
+    while d.uploads() == 0 && Instant::now() < deadline {
         std::thread::sleep(POLL);
     }
     drop(s);
-    wait_spool_empty(&d);
+    wait_uploads_gone(&d);
     assert!(
         d.status_all().is_empty(),
         "a job exists after an aborted upload"
     );
 }
 
-#[test]
-fn upload_with_a_wrong_byte_count_is_refused() {
-    let d = Daemon::start();
+fn upload_with_a_wrong_byte_count_is_refused(b: Backend) {
+    let d = Daemon::start_on(b);
     let mut s = connect(&d);
     hello(&mut s);
     send(
@@ -201,6 +199,11 @@ fn upload_with_a_wrong_byte_count_is_refused() {
         other => panic!("expected upload_incomplete, got {other:?}"),
     }
     drop(s);
-    wait_spool_empty(&d);
+    wait_uploads_gone(&d);
     assert!(d.status_all().is_empty());
 }
+
+both_stores!(
+    disconnect_mid_upload_leaves_no_job_and_no_upload,
+    upload_with_a_wrong_byte_count_is_refused,
+);

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 /// Jobs of every kind caught mid-run by SIGTERM or SIGKILL finish after a restart
 /// with every unit applied exactly once.
-fn interrupt_all_kinds(seed: u64, kill: bool) {
-    let mut d = Daemon::start_with(&["--max-running", "3"]);
+fn interrupt_all_kinds(seed: u64, kill: bool, b: Backend) {
+    let mut d = Daemon::start_on_with(b, &["--max-running", "3"]);
     let from = Date::new(2024, 1, 1);
     let to = Date::new(2024, 1, 30);
     let base = gen_baseline(seed, &["date", "name", "value"], 150, from, 30);
@@ -35,19 +35,15 @@ fn interrupt_all_kinds(seed: u64, kill: bool) {
 
     // What was committed is consistent: effects match the committed counts.
     {
-        let db = d.db();
-        let (_, pb, _) = store::job_progress(&db, &b);
-        assert_eq!(
-            store::baseline_count(&db, &b),
-            pb,
-            "baseline records vs cursor"
-        );
+        let db = d.store();
+        let (_, pb, _) = db.job_progress(&b);
+        assert_eq!(db.baseline_count(&b), pb, "baseline records vs cursor");
         assert!(
             pb < SLOW_ROWS as u64,
             "baseline job finished before the signal"
         );
-        let (_, pt, _) = store::job_progress(&db, &t);
-        assert_eq!(store::team_count(&db, &t), pt, "teams vs cursor");
+        let (_, pt, _) = db.job_progress(&t);
+        assert_eq!(db.team_count(&t), pt, "teams vs cursor");
         assert!(pt < SLOW_ROWS as u64, "team job finished before the signal");
     }
 
@@ -76,22 +72,19 @@ fn interrupt_all_kinds(seed: u64, kill: bool) {
         &expected_export(&[&base], from, to),
     );
     assert_baseline_exact(&d, &base_id, &base.records);
-    wait_spool_empty(&d);
+    wait_uploads_gone(&d);
 }
 
-#[test]
-fn sigterm_mid_run_then_restart_finishes_exactly() {
-    interrupt_all_kinds(51, false);
+fn sigterm_mid_run_then_restart_finishes_exactly(b: Backend) {
+    interrupt_all_kinds(51, false, b);
 }
 
-#[test]
-fn sigkill_mid_run_then_restart_finishes_exactly() {
-    interrupt_all_kinds(61, true);
+fn sigkill_mid_run_then_restart_finishes_exactly(b: Backend) {
+    interrupt_all_kinds(61, true, b);
 }
 
-#[test]
-fn paused_job_stays_paused_across_restart() {
-    let mut d = Daemon::start();
+fn paused_job_stays_paused_across_restart(b: Backend) {
+    let mut d = Daemon::start_on(b);
     let f = slow_baseline(71);
     let id = d.upload(&f.bytes(), Some(SLOW_RATE));
     d.wait_processed(&id, MID_RUN);
@@ -106,9 +99,8 @@ fn paused_job_stays_paused_across_restart() {
     assert_baseline_exact(&d, &id, &f.records);
 }
 
-#[test]
-fn queued_job_runs_after_restart() {
-    let mut d = Daemon::start_with(&["--max-running", "1"]);
+fn queued_job_runs_after_restart(b: Backend) {
+    let mut d = Daemon::start_on_with(b, &["--max-running", "1"]);
     let a = slow_baseline(81);
     let b = gen_teams(82, "zeta", 40, 3);
     let ida = d.upload(&a.bytes(), Some(SLOW_RATE));
@@ -154,3 +146,10 @@ fn stale_socket_is_replaced() {
     d.restart();
     assert_eq!(d.status_json(&id)["state"], "completed");
 }
+
+both_stores!(
+    sigterm_mid_run_then_restart_finishes_exactly,
+    sigkill_mid_run_then_restart_finishes_exactly,
+    paused_job_stays_paused_across_restart,
+    queued_job_runs_after_restart,
+);

@@ -10,8 +10,8 @@ use jobd_tests::service::{
     install_exe, is_root, jobctl_at, mode_of, poll, AsUser, NOBODY, NOGROUP,
 };
 use jobd_tests::{
-    bare_id, bins, expected_export, gen_baseline, run_with_timeout, slow_baseline, Daemon, Date,
-    MID_RUN, SLOW_RATE,
+    bare_id, bins, both_stores, expected_export, gen_baseline, run_with_timeout, slow_baseline,
+    Backend, Daemon, Date, MID_RUN, SLOW_RATE,
 };
 use serde_json::Value;
 use std::fs::{self, File};
@@ -32,8 +32,8 @@ fn skip_unless_root(test: &str) -> bool {
 
 /// A daemon as root whose socket group is nogroup, in a directory every user may
 /// traverse, and nobody's client for it.
-fn daemon_and_nobody() -> (Daemon, AsUser) {
-    let d = Daemon::start_with(&["--socket-group", "nogroup"]);
+fn daemon_and_nobody(b: Backend) -> (Daemon, AsUser) {
+    let d = Daemon::start_on_with(b, &["--socket-group", "nogroup"]);
     // The harness's temporary directory is 0700: open it so that the socket
     // directory's own mode (0750 root:nogroup) is what decides.
     fs::set_permissions(d.dir(), fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -62,7 +62,7 @@ fn the_socket_belongs_to_its_group() {
     if skip_unless_root("the_socket_belongs_to_its_group") {
         return;
     }
-    let (d, nobody) = daemon_and_nobody();
+    let (d, nobody) = daemon_and_nobody(Backend::Sqlite);
     let dir = d.socket.parent().expect("socket directory");
     assert_eq!(mode_of(dir), 0o750, "socket directory mode");
     assert_eq!(fs::metadata(dir).expect("stat").gid(), NOGROUP);
@@ -85,12 +85,11 @@ fn the_socket_belongs_to_its_group() {
     assert_eq!(out.code, Some(3), "{out}");
 }
 
-#[test]
-fn another_user_can_neither_see_nor_control_a_job_and_root_can() {
+fn another_user_can_neither_see_nor_control_a_job_and_root_can(b: Backend) {
     if skip_unless_root("another_user_can_neither_see_nor_control_a_job_and_root_can") {
         return;
     }
-    let (d, nobody) = daemon_and_nobody();
+    let (d, nobody) = daemon_and_nobody(b);
 
     // root: a paused job, a completed job with a row error, a completed export.
     let paused = d.upload(&slow_baseline(1).bytes(), Some(SLOW_RATE));
@@ -182,12 +181,11 @@ fn another_user_can_neither_see_nor_control_a_job_and_root_can() {
     assert_eq!(s["state"], "terminated", "{s}");
 }
 
-#[test]
-fn an_export_holds_only_the_callers_records() {
+fn an_export_holds_only_the_callers_records(b: Backend) {
     if skip_unless_root("an_export_holds_only_the_callers_records") {
         return;
     }
-    let (d, nobody) = daemon_and_nobody();
+    let (d, nobody) = daemon_and_nobody(b);
     let first = Date::new(2024, 3, 1);
     let last = Date::new(2024, 3, 5);
     let roots = gen_baseline(11, &["date", "name", "value"], 60, first, 5);
@@ -431,3 +429,8 @@ fn daemon_mode_with_a_socket_group_lets_the_group_in() {
     assert_eq!(pong.code, Some(0), "{pong}");
     jobd_tests::service::signal_and_wait_gone(pid, nix::sys::signal::Signal::SIGTERM, String::new);
 }
+
+both_stores!(
+    another_user_can_neither_see_nor_control_a_job_and_root_can,
+    an_export_holds_only_the_callers_records,
+);

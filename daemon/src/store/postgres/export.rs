@@ -52,7 +52,7 @@ pub async fn day_records(
     q: &DayQuery<'_>,
     out: &mut Vec<DayRecord>,
 ) -> Result<(), StoreError> {
-    let after = q.after.unwrap_or(RecordKey {
+    let mut after = q.after.unwrap_or(RecordKey {
         job_seq: 0,
         ordinal: 0,
     });
@@ -66,42 +66,49 @@ pub async fn day_records(
               ORDER BY b.job_seq, b.first LIMIT $6",
         )
         .await?;
-    let rows = c
-        .query(
-            &stmt,
-            &[
-                &day(q.day)?,
-                &q.owner.name,
-                &q.snapshot,
-                &after.job_seq,
-                &(after.ordinal as i64),
-                &BLOCKS,
-            ],
-        )
-        .await?;
     let start = out.len();
-    for row in rows {
-        if out.len() - start >= q.limit {
+    // Fewer than `limit` records means the date is done: read on until either.
+    while out.len() - start < q.limit {
+        let rows = c
+            .query(
+                &stmt,
+                &[
+                    &day(q.day)?,
+                    &q.owner.name,
+                    &q.snapshot,
+                    &after.job_seq,
+                    &(after.ordinal as i64),
+                    &BLOCKS,
+                ],
+            )
+            .await?;
+        if rows.is_empty() {
             break;
         }
-        let job_seq: i64 = row.get(0);
-        let first: i64 = row.get(1);
-        let records: &str = row.get(2);
-        for (i, line) in records.lines().enumerate() {
-            let key = RecordKey {
-                job_seq,
-                ordinal: (first + i as i64) as u64,
-            };
-            if key <= after {
-                continue;
+        for row in rows {
+            let job_seq: i64 = row.get(0);
+            let first: i64 = row.get(1);
+            let records: &str = row.get(2);
+            for (i, line) in records.lines().enumerate() {
+                let key = RecordKey {
+                    job_seq,
+                    ordinal: (first + i as i64) as u64,
+                };
+                if key <= after {
+                    continue;
+                }
+                let (_, data) = line.split_once('\t').ok_or_else(|| {
+                    StoreError::Corrupt(format!("baseline block of job {job_seq}"))
+                })?;
+                out.push(DayRecord {
+                    key,
+                    data: data.to_string(),
+                });
             }
-            let (_, data) = line
-                .split_once('\t')
-                .ok_or_else(|| StoreError::Corrupt(format!("baseline block of job {job_seq}")))?;
-            out.push(DayRecord {
-                key,
-                data: data.to_string(),
-            });
+        }
+        match out.last() {
+            Some(last) if out.len() > start => after = last.key,
+            _ => break,
         }
     }
     Ok(())
