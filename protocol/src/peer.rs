@@ -83,6 +83,13 @@ fn controlled_path(socket: &Path, me: u32, owner: u32) -> Result<(), String> {
             }
         }
         if meta.file_type().is_symlink() {
+            if !trusted(meta.uid()) {
+                return Err(format!(
+                    "the link {} belongs to uid {}",
+                    entry.display(),
+                    meta.uid()
+                ));
+            }
             links += 1;
             if links > MAX_LINKS {
                 return Err(format!("too many symbolic links in {}", socket.display()));
