@@ -19,6 +19,7 @@ use jobd_tests::{
     assert_baseline_exact, bare_id, bins, run_with_timeout, slow_baseline, Daemon, Out, MID_RUN,
     SLOW_RATE, SLOW_ROWS,
 };
+use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::fs::{self, File};
@@ -486,6 +487,24 @@ fn a_second_daemon_on_a_busy_state_directory_is_refused_and_the_first_unharmed()
     assert_eq!(d.status_json(&id)["state"], "completed");
 }
 
+/// Polls until the kernel has released the state directory's lock. A killed daemon
+/// that is not our child cannot be reaped to know: its main thread may already be a
+/// zombie while its other threads, which share its open files, still exit.
+fn wait_lock_released(state: &Path) {
+    let path = state.join("jobd.lock");
+    poll(
+        "the release of the state directory's lock",
+        DAEMON_TIMEOUT,
+        || {
+            let file = File::open(&path).ok()?;
+            Flock::lock(file, FlockArg::LockExclusiveNonblock)
+                .ok()
+                .map(drop)
+        },
+        || format!("{path:?} holds {:?}", fs::read_to_string(&path)),
+    );
+}
+
 #[test]
 fn daemon_mode_keeps_the_lock_and_its_commits() {
     let place = Place::new();
@@ -550,6 +569,7 @@ fn daemon_mode_keeps_the_lock_and_its_commits() {
     // committed is there. (Another pid file: a killed daemon nobody reaps stays a
     // zombie that its pid file would still name.)
     signal_and_wait_gone(pid, Signal::SIGKILL, || read_logs(&logs, "jobd.log"));
+    wait_lock_released(&state);
     let second_pid_file = dir.join("a/jobd-2.pid");
     guard.watch_pid_file(&second_pid_file);
     run(daemon_args(&socket, &second_pid_file)).ok();
