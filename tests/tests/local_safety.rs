@@ -554,6 +554,7 @@ fn daemon_mode_keeps_the_lock_and_its_commits() {
     // A second daemon, detached or not, is refused naming the daemon's pid.
     let b = dir.join("b/jobd.sock");
     let b_pid_file = dir.join("b/jobd.pid");
+    guard.watch_pid_file(&b_pid_file);
     assert_busy(&run(daemon_args(&b, &b_pid_file)), pid as u32);
     assert!(
         !b.exists() && !b_pid_file.exists(),
