@@ -1,13 +1,15 @@
 //! Start-up and shutdown of the whole daemon. Everything that can fail — config,
-//! directories, the store, the socket, the pid file — happens in `prepare`, before
-//! any fork and before the runtime exists, so the user sees the error and a non-zero
-//! exit. `run` then serves until a signal, lets workers checkpoint, and cleans up.
+//! directories, the state directory's lock, the store, the socket, the pid file —
+//! happens in `prepare`, before any fork and before the runtime exists, so the user
+//! sees the error and a non-zero exit. `run` then serves until a signal, lets
+//! workers checkpoint, and cleans up.
 
 use crate::config::Config;
 use crate::handler::Context;
 use crate::logging::LogHandle;
 use crate::registry::{Limits, Registry};
 use crate::server::{self, ServerConfig};
+use crate::statelock::StateLock;
 use crate::store;
 use crate::systemd;
 use anyhow::Context as _;
@@ -18,6 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub struct Prepared {
+    /// Held until `run` returns: no other daemon may open this state directory.
+    lock: StateLock,
     config: Config,
     store: store::Prepared,
     listener: UnixListener,
@@ -29,6 +33,8 @@ pub fn prepare(config: Config) -> anyhow::Result<Prepared> {
     raise_open_file_limit();
     let state = &config.state_dir;
     make_private_dir(state)?;
+    // Before the store is opened: a second daemon must not touch it at all.
+    let lock = StateLock::acquire(state)?;
     let store = store::prepare(&config.store, state).with_context(|| match &config.store {
         store::StoreUrl::Sqlite => format!("cannot open the store in {}", state.display()),
         url => format!("cannot use the store {url}"),
@@ -52,11 +58,32 @@ pub fn prepare(config: Config) -> anyhow::Result<Prepared> {
         }
     };
     Ok(Prepared {
+        lock,
         config,
         store,
         listener,
         activated,
     })
+}
+
+impl Prepared {
+    /// In the launcher after the fork of daemon mode: what was prepared belongs to
+    /// the daemon now, and this process exits without closing any of it. Unlocking
+    /// would release the daemon's state lock (they share the open file). Closing the
+    /// store would checkpoint and delete the WAL the daemon writes to: SQLite's
+    /// fcntl locks are not inherited across a fork, so here it believes itself the
+    /// last user, and every commit of the daemon would then go to a deleted file.
+    pub fn leave_to_daemon(self) {
+        std::mem::forget(self);
+    }
+
+    /// In the daemon after the fork of daemon mode: the inherited state lock is now
+    /// this process's (its pid goes into the lock file).
+    pub fn adopt_after_fork(&mut self) {
+        if let Err(e) = self.lock.adopt() {
+            tracing::warn!(error = %e, file = %self.lock.path().display(), "cannot record the pid in the lock file");
+        }
+    }
 }
 
 /// One descriptor per client connection and per running job: take the hard limit.
@@ -84,6 +111,7 @@ pub async fn run(
     on_ready: Box<dyn FnOnce() + Send>,
 ) -> anyhow::Result<()> {
     let Prepared {
+        lock,
         config,
         store,
         listener,
@@ -140,6 +168,7 @@ pub async fn run(
     }
     registry.shutdown().await;
     tracing::info!("all workers checkpointed; bye");
+    drop(lock);
     Ok(())
 }
 

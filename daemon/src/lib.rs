@@ -13,6 +13,7 @@ pub mod registry;
 pub mod scheduler;
 pub mod server;
 pub mod shutdown;
+pub mod statelock;
 pub mod store;
 pub mod systemd;
 pub mod trim;

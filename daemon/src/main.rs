@@ -48,8 +48,10 @@ fn run_detached(config: Config) -> anyhow::Result<()> {
     let pid_file = config.pid_file.clone();
     pidfile::check_not_running(&pid_file).map_err(anyhow::Error::msg)?;
     let (level, log_dir) = (config.log_level.clone(), config.log_dir.clone());
-    // The socket's directory first: `prepare` gives it its mode and group.
-    let prepared = daemon::prepare(config)?;
+    // The socket's directory first: `prepare` gives it its mode and group. It also
+    // locks the state directory, so that a busy one is reported here; the daemon
+    // inherits the lock across the fork.
+    let mut prepared = daemon::prepare(config)?;
     for dir in [Some(log_dir.as_path()), pid_file.parent()]
         .into_iter()
         .flatten()
@@ -67,6 +69,7 @@ fn run_detached(config: Config) -> anyhow::Result<()> {
         .execute();
     match outcome {
         daemonize::Outcome::Parent(Ok(_)) => {
+            prepared.leave_to_daemon();
             drop(ready_tx);
             let mut answer = [0u8; 1];
             let ready = File::from(ready_rx).read(&mut answer).unwrap_or(0) == 1;
@@ -79,10 +82,14 @@ fn run_detached(config: Config) -> anyhow::Result<()> {
                 )
             }
         }
-        daemonize::Outcome::Parent(Err(e)) => anyhow::bail!("cannot daemonize: {e}"),
+        daemonize::Outcome::Parent(Err(e)) => {
+            prepared.leave_to_daemon();
+            anyhow::bail!("cannot daemonize: {e}")
+        }
         daemonize::Outcome::Child(Err(e)) => anyhow::bail!("cannot daemonize: {e}"),
         daemonize::Outcome::Child(Ok(_)) => {
             drop(ready_rx);
+            prepared.adopt_after_fork();
             let log = logging::to_file(&level, &log_dir);
             let mut ready_tx = File::from(ready_tx);
             let result = serve(

@@ -12,7 +12,7 @@ use jobd_protocol::{ErrorCode, Request, Response, PROTOCOL_VERSION};
 use nix::unistd::{chown, Gid};
 use std::fs::Permissions;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +31,7 @@ pub struct ServerConfig {
 ///
 /// A socket directory jobd creates is private to its owner (0700), or also open to
 /// `group` (0750) for a system service; the socket itself is 0600, or 0660 with a group.
+/// A directory someone else could use to swap the socket is refused ([`check_dir`]).
 pub fn bind(path: &Path, group: Option<Gid>) -> io::Result<std::os::unix::net::UnixListener> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
@@ -38,11 +39,13 @@ pub fn bind(path: &Path, group: Option<Gid>) -> io::Result<std::os::unix::net::U
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)?;
-            if let Some(gid) = group {
+            // Made by someone else meanwhile: left as it is, for check_dir to judge.
+            if let Some(gid) = group.filter(|_| owned_by_us(dir)) {
                 chown(dir, None, Some(gid)).map_err(io::Error::from)?;
                 std::fs::set_permissions(dir, Permissions::from_mode(0o750))?;
             }
         }
+        check_dir(dir)?;
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
@@ -82,6 +85,66 @@ pub fn bind(path: &Path, group: Option<Gid>) -> io::Result<std::os::unix::net::U
     };
     std::fs::set_permissions(path, Permissions::from_mode(mode))?;
     Ok(listener)
+}
+
+/// Refuses a socket directory that another user could use to delete or replace the
+/// socket (a squatted `/tmp/jobd-<uid>/`): one owned by someone else than this
+/// process's user or root, one that others may write without the sticky bit, or a
+/// path that is a symbolic link someone else owns.
+pub fn check_dir(dir: &Path) -> io::Result<()> {
+    let me = nix::unistd::geteuid().as_raw();
+    let refuse = |why: String| {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{why}: another user could replace the socket; \
+                 remove the directory or choose another path with --socket"
+            ),
+        ))
+    };
+    let link = std::fs::symlink_metadata(dir)?;
+    if link.file_type().is_symlink() && link.uid() != me && link.uid() != 0 {
+        return refuse(format!(
+            "{} is a symbolic link owned by {}, not by you ({}) or root",
+            dir.display(),
+            user(link.uid()),
+            user(me)
+        ));
+    }
+    let meta = std::fs::metadata(dir)?;
+    if !meta.is_dir() {
+        return refuse(format!("{} is not a directory", dir.display()));
+    }
+    if meta.uid() != me && meta.uid() != 0 {
+        return refuse(format!(
+            "the socket directory {} is owned by {}, not by you ({}) or root",
+            dir.display(),
+            user(meta.uid()),
+            user(me)
+        ));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        return refuse(format!(
+            "the socket directory {} is writable by others (mode {mode:04o}) without the sticky bit",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+fn owned_by_us(dir: &Path) -> bool {
+    std::fs::symlink_metadata(dir).is_ok_and(|m| m.uid() == nix::unistd::geteuid().as_raw())
+}
+
+/// `uid 1000 (alice)`, or `uid 1000` without a passwd entry.
+fn user(uid: u32) -> String {
+    let name = users::name_of(uid);
+    if name == uid.to_string() {
+        format!("uid {uid}")
+    } else {
+        format!("uid {uid} ({name})")
+    }
 }
 
 /// Accepts connections until `shutdown` fires.

@@ -19,6 +19,18 @@ pub enum ClientError {
     /// Nothing listens at the socket path (missing or stale).
     #[error("no daemon at {path}: {source}")]
     Unreachable { path: String, source: io::Error },
+    /// The process listening at the socket is not a daemon this client may trust
+    /// (see [`crate::peer`]); nothing was sent to it.
+    #[error(
+        "refusing to talk to the daemon at {path}: it runs as uid {uid}{}, {reason}; nothing was sent to it",
+        .pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    Untrusted {
+        path: String,
+        uid: u32,
+        pid: Option<i32>,
+        reason: String,
+    },
     /// The daemon answered with an error.
     #[error("{code}: {message}")]
     Daemon { code: ErrorCode, message: String },
@@ -42,13 +54,44 @@ impl ClientError {
         }
     }
 
-    /// True when the daemon could not be reached or the connection broke.
+    /// True when the daemon could not be reached, was not trusted, or the
+    /// connection broke.
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            ClientError::Unreachable { .. } | ClientError::Frame(_) | ClientError::Closed
+            ClientError::Unreachable { .. }
+                | ClientError::Untrusted { .. }
+                | ClientError::Frame(_)
+                | ClientError::Closed
         )
     }
+}
+
+/// Connects to the socket at `path` and checks the listening process's credentials
+/// ([`crate::peer::check`]) before anything is written: an untrusted peer gets
+/// [`ClientError::Untrusted`] and not a byte.
+pub async fn connect_trusted(path: &Path) -> Result<UnixStream, ClientError> {
+    let stream = UnixStream::connect(path)
+        .await
+        .map_err(|source| ClientError::Unreachable {
+            path: path.display().to_string(),
+            source,
+        })?;
+    let cred = stream.peer_cred().map_err(|e| ClientError::Unreachable {
+        path: path.display().to_string(),
+        source: io::Error::new(
+            e.kind(),
+            format!("cannot read the credentials of the process listening there: {e}"),
+        ),
+    })?;
+    let me = nix::unistd::geteuid().as_raw();
+    crate::peer::check(path, me, cred.uid()).map_err(|reason| ClientError::Untrusted {
+        path: path.display().to_string(),
+        uid: cred.uid(),
+        pid: cred.pid(),
+        reason,
+    })?;
+    Ok(stream)
 }
 
 fn unexpected(r: Response) -> ClientError {
@@ -69,15 +112,10 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to the daemon at `path` and performs the `Hello`/`Welcome` handshake.
+    /// Connects to the daemon at `path`, checks who it is ([`connect_trusted`]) and
+    /// performs the `Hello`/`Welcome` handshake.
     pub async fn connect(path: &Path, client_name: &str) -> Result<Client, ClientError> {
-        let stream =
-            UnixStream::connect(path)
-                .await
-                .map_err(|source| ClientError::Unreachable {
-                    path: path.display().to_string(),
-                    source,
-                })?;
+        let stream = connect_trusted(path).await?;
         let (r, w) = stream.into_split();
         let mut client = Client {
             reader: BufReader::with_capacity(CHUNK_SIZE + 64, r),

@@ -10,6 +10,7 @@ pub mod frame;
 pub mod job;
 pub mod message;
 pub mod paths;
+pub mod peer;
 
 pub use client::{Client, ClientError};
 pub use error::ErrorCode;

@@ -9,7 +9,7 @@ use serde_json::Value;
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -42,8 +42,12 @@ impl Shim {
     /// and passing it raced with parallel tests: two shims were given the same
     /// port, and one test talked to the other test's shim.)
     pub fn start(daemon: &Daemon, extra: &[&str]) -> Shim {
-        let log_dir = daemon.dir().join("http-logs");
-        fs::create_dir_all(&log_dir).expect("log directory");
+        Shim::start_at(&daemon.socket, &daemon.dir().join("http-logs"), extra)
+    }
+
+    /// The same for whatever listens at `socket`, logging into `log_dir`.
+    pub fn start_at(socket: &Path, log_dir: &Path, extra: &[&str]) -> Shim {
+        fs::create_dir_all(log_dir).expect("log directory");
         let log = log_dir.join("jobd-http.log");
         let file = File::create(&log).expect("shim log file");
         let mut child = Command::new(jobd_http_bin())
@@ -52,7 +56,7 @@ impl Shim {
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--socket")
-            .arg(&daemon.socket)
+            .arg(socket)
             .args(extra)
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log handle"))

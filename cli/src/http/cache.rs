@@ -20,6 +20,8 @@
 //! the task takes to be scheduled; the ids answered in that window are ones no
 //! daemon on the same store can create anyway.
 
+use super::pool;
+use jobd_protocol::client::connect_trusted;
 use jobd_protocol::frame::{self, DEFAULT_MAX_FRAME};
 use jobd_protocol::{Request, Response, PROTOCOL_VERSION};
 use nix::sys::socket::{recv, MsgFlags};
@@ -198,7 +200,11 @@ async fn open_sentinel(socket: &Path) -> Option<UnixStream> {
 }
 
 async fn handshake(socket: &Path) -> Option<UnixStream> {
-    let mut stream = UnixStream::connect(socket).await.ok()?;
+    // The same check as every connection: nothing goes to an untrusted peer.
+    let mut stream = connect_trusted(socket)
+        .await
+        .inspect_err(pool::log_refusal)
+        .ok()?;
     let hello = Request::Hello {
         protocol_version: PROTOCOL_VERSION,
         client: concat!("jobd-http/", env!("CARGO_PKG_VERSION"), " sentinel").to_string(),

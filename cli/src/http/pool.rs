@@ -16,7 +16,11 @@
 use jobd_protocol::{Client, ClientError, ErrorCode, JobInfo, Request, Response, RowError};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
+
+/// How often the same refusal of an untrusted daemon is logged again.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Name sent in `Hello`.
 const CLIENT_NAME: &str = concat!("jobd-http/", env!("CARGO_PKG_VERSION"));
@@ -48,7 +52,9 @@ impl Pool {
     }
 
     async fn connect(&self) -> Result<Client, ClientError> {
-        Client::connect(&self.socket, CLIENT_NAME).await
+        Client::connect(&self.socket, CLIENT_NAME)
+            .await
+            .inspect_err(log_refusal)
     }
 
     /// An idle connection (`true`: it may be stale) or a new one.
@@ -170,6 +176,25 @@ impl Pool {
         }
         Ok((client, first?))
     }
+}
+
+/// Logs a daemon refused by the peer check (a squatted socket) at `warn`: once, then
+/// again only once a minute while it stays the same, as requests keep retrying.
+pub(crate) fn log_refusal(e: &ClientError) {
+    static LAST: Mutex<Option<(String, Instant)>> = Mutex::new(None);
+    if !matches!(e, ClientError::Untrusted { .. }) {
+        return;
+    }
+    let message = e.to_string();
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    let now = Instant::now();
+    if let Some((m, at)) = last.as_ref() {
+        if *m == message && now.duration_since(*at) < REFUSAL_LOG_EVERY {
+            return;
+        }
+    }
+    tracing::warn!("{message}");
+    *last = Some((message, now));
 }
 
 /// A short conversation.

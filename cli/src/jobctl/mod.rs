@@ -2,7 +2,8 @@
 //! mapping from a command's result to an exit code. One file per command.
 //!
 //! Exit codes: 0 ok; 1 the daemon refused, a job did not complete, or a local I/O
-//! error; 2 usage (clap's own code); 3 no daemon reachable or the connection broke.
+//! error; 2 usage (clap's own code); 3 no daemon reachable, the process at the socket
+//! not trusted (see `jobd_protocol::peer`), or the connection broke.
 
 mod completions;
 mod control;
@@ -28,7 +29,8 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_FAILURE: u8 = 1;
 /// Usage errors; clap exits with this code by itself.
 pub const EXIT_USAGE: u8 = 2;
-/// No daemon reachable at the socket, or the connection broke.
+/// No daemon reachable at the socket, an untrusted process there, or the
+/// connection broke.
 pub const EXIT_UNAVAILABLE: u8 = 3;
 
 /// Name sent in `Hello`.
@@ -41,7 +43,7 @@ const CLIENT_NAME: &str = concat!("jobctl/", env!("CARGO_PKG_VERSION"));
     version,
     about = "Control jobd, the background job daemon",
     after_help = "Exit codes: 0 ok, 1 the daemon refused or the job did not complete, \
-                  2 usage error, 3 no daemon reachable."
+                  2 usage error, 3 no daemon reachable (or not trusted)."
 )]
 pub struct Cli {
     /// Socket of the daemon [default: $XDG_RUNTIME_DIR/jobd/jobd.sock, /run/jobd/jobd.sock for root]
@@ -344,5 +346,12 @@ mod tests {
             exit_code(&Err(Error::Client(ClientError::Closed))),
             EXIT_UNAVAILABLE
         );
+        let untrusted = Error::Client(ClientError::Untrusted {
+            path: "/tmp/jobd-1000/jobd.sock".into(),
+            uid: 65534,
+            pid: Some(42),
+            reason: "neither you (uid 1000) nor root, and ...".into(),
+        });
+        assert_eq!(exit_code(&Err(untrusted)), EXIT_UNAVAILABLE);
     }
 }
