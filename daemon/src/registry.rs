@@ -304,6 +304,7 @@ impl Registry {
                 controls: rx,
                 interrupt,
                 max_row_errors: self.max_row_errors,
+                claim: std::cell::Cell::new(None),
                 report: Box::new(move |p: Progress| {
                     if let Some(reg) = reporter.upgrade() {
                         reg.progress(&report_id, p);
@@ -352,6 +353,7 @@ impl Registry {
                     e.set_state(JobState::Failed);
                 }
                 Exit::Shutdown => {}
+                Exit::Lost => tracing::warn!(job = %id, "the job's worker lost its claim"),
             }
         }
         self.dispatch(&mut st);

@@ -9,8 +9,11 @@
 //! from the committed cursor too.
 
 use crate::kinds::{self, JobContext, JobRun, KindError, Step};
-use crate::store::{Batch, CommitError, End, JobRow, Progress, Seal, SharedStore, StoredState};
+use crate::store::{
+    Batch, Claim, CommitError, End, JobRow, Progress, Seal, SharedStore, StoreError, StoredState,
+};
 use jobd_protocol::{JobState, RowError};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::Arc;
@@ -80,6 +83,8 @@ pub enum Exit {
     Terminated,
     Failed(String),
     Shutdown,
+    /// Another worker claimed the job: this one left it as it was.
+    Lost,
 }
 
 pub struct Worker {
@@ -89,6 +94,8 @@ pub struct Worker {
     pub interrupt: Arc<AtomicBool>,
     pub report: Box<dyn Fn(Progress) + Send>,
     pub max_row_errors: u64,
+    /// The latest claim on the job, once made.
+    pub claim: Cell<Option<Claim>>,
 }
 
 /// How a run of the loop ended.
@@ -121,6 +128,13 @@ impl Worker {
                     continue;
                 }
                 Err(e) if e.is_unavailable() => e,
+                Err(e) if e.is_fenced() => {
+                    tracing::warn!(
+                        job = self.seq,
+                        "another worker claimed the job; this one lets go"
+                    );
+                    return Exit::Lost;
+                }
                 Err(e) => return self.fail(e.to_string()),
             };
             if retry == RETRY_FIRST {
@@ -142,10 +156,11 @@ impl Worker {
 
     /// Runs the job from its committed cursor until it ends or a control arrives.
     fn run_job(&self) -> Result<Outcome, KindError> {
-        let job = self.store.load_job(self.seq)?;
+        let (job, claim) = self.store.claim(self.seq)?;
+        self.claim.set(Some(claim));
         if job.state != StoredState::Public(JobState::Running) {
             self.store
-                .set_state(self.seq, StoredState::Public(JobState::Running), None)?;
+                .release(&claim, StoredState::Public(JobState::Running), None)?;
         }
         self.interrupt.store(false, Ordering::SeqCst);
         let mut batch = Batch::new();
@@ -172,11 +187,11 @@ impl Worker {
                 if due > now {
                     // Never wait with work in hand: commit what is done first.
                     if batch.units() > 0 {
-                        match self.commit(&*run, &mut batch, &mut committed, None)? {
+                        match self.commit(&claim, &*run, &mut batch, &mut committed, None)? {
                             Committed::Done => batch_started = None,
                             Committed::Control(c) => return Ok(Outcome::Control(c)),
                             Committed::OverLimit(e) => {
-                                return self.over_limit(&*run, batch, committed, e)
+                                return self.over_limit(&claim, &*run, batch, committed, e)
                             }
                         }
                     }
@@ -203,24 +218,33 @@ impl Worker {
                 || batch.bytes() >= BATCH_BYTES
                 || started.elapsed() >= batch_age
             {
-                match self.commit(&*run, &mut batch, &mut committed, None)? {
+                match self.commit(&claim, &*run, &mut batch, &mut committed, None)? {
                     Committed::Done => batch_started = None,
                     Committed::Control(c) => return Ok(Outcome::Control(c)),
-                    Committed::OverLimit(e) => return self.over_limit(&*run, batch, committed, e),
+                    Committed::OverLimit(e) => {
+                        return self.over_limit(&claim, &*run, batch, committed, e)
+                    }
                 }
                 batch_age = (batch_age * 2).min(BATCH_AGE);
             }
         }
-        match self.commit(&*run, &mut batch, &mut committed, Some(End::Completed))? {
+        match self.commit(
+            &claim,
+            &*run,
+            &mut batch,
+            &mut committed,
+            Some(End::Completed),
+        )? {
             Committed::Done => Ok(Outcome::Exit(Exit::Completed)),
             Committed::Control(c) => Ok(Outcome::Control(c)),
-            Committed::OverLimit(e) => self.over_limit(&*run, batch, committed, e),
+            Committed::OverLimit(e) => self.over_limit(&claim, &*run, batch, committed, e),
         }
     }
 
     /// Commits the batch with the cursor after it, optionally ending the job.
     fn commit(
         &self,
+        claim: &Claim,
         run: &dyn JobRun,
         batch: &mut Batch,
         committed: &mut Progress,
@@ -234,7 +258,7 @@ impl Worker {
             end,
             max_failed: self.max_row_errors,
         };
-        match self.store.commit(self.seq, batch, &seal, &self.interrupt) {
+        match self.store.commit(claim, batch, &seal, &self.interrupt) {
             Ok(p) => {
                 *committed = p;
                 batch.clear();
@@ -254,6 +278,7 @@ impl Worker {
     /// past the limit is committed, and the job fails naming it.
     fn over_limit(
         &self,
+        claim: &Claim,
         run: &dyn JobRun,
         mut batch: Batch,
         mut committed: Progress,
@@ -274,7 +299,7 @@ impl Worker {
         };
         committed = match self
             .store
-            .commit(self.seq, &mut batch, &seal, &AtomicBool::new(false))
+            .commit(claim, &mut batch, &seal, &AtomicBool::new(false))
         {
             Ok(p) => p,
             Err(CommitError::Store(e)) => return Err(e.into()),
@@ -288,8 +313,7 @@ impl Worker {
     fn obey(&self, control: Control) -> Result<Exit, KindError> {
         Ok(match control {
             Control::Pause => {
-                self.store
-                    .set_state(self.seq, StoredState::Public(JobState::Paused), None)?;
+                self.set_state(StoredState::Public(JobState::Paused), None)?;
                 Exit::Paused
             }
             Control::Shutdown => Exit::Shutdown,
@@ -302,14 +326,20 @@ impl Worker {
 
     /// Ends the job as failed; what was not committed is dropped.
     fn fail(&self, message: String) -> Exit {
-        if let Err(e) = self.store.set_state(
-            self.seq,
-            StoredState::Public(JobState::Failed),
-            Some(&message),
-        ) {
-            tracing::error!(job = self.seq, error = %e, "cannot record the failure");
+        match self.set_state(StoredState::Public(JobState::Failed), Some(&message)) {
+            Ok(()) => {}
+            Err(e) if e.is_fenced() => return Exit::Lost,
+            Err(e) => tracing::error!(job = self.seq, error = %e, "cannot record the failure"),
         }
         Exit::Failed(message)
+    }
+
+    /// Changes the job's state under this worker's claim (if it made one yet).
+    fn set_state(&self, state: StoredState, error: Option<&str>) -> Result<(), StoreError> {
+        match self.claim.get() {
+            Some(claim) => self.store.release(&claim, state, error),
+            None => self.store.set_state(self.seq, state, error),
+        }
     }
 }
 

@@ -48,15 +48,18 @@ fn jobs_and_job_status_match_jobctl(b: Backend) {
         for key in STATUS_KEYS {
             assert!(via_http.get(key).is_some(), "no {key} in {via_http}");
         }
-        assert!(via_http["created_at"].as_str().unwrap().ends_with('Z'));
+        assert!(via_http["created_at"]
+            .as_str()
+            .expect("created_at is a string")
+            .ends_with('Z'));
     }
     let all = get_json(&shim, "/jobs");
     assert_eq!(all, Value::Array(d.status_all()));
     let ids: Vec<&str> = all
         .as_array()
-        .unwrap()
+        .expect("an array")
         .iter()
-        .map(|j| j["id"].as_str().unwrap())
+        .map(|j| j["id"].as_str().expect("id is a string"))
         .collect();
     assert_eq!(ids, [a.as_str(), b.as_str()]);
 
@@ -115,9 +118,9 @@ fn output_streams_the_export_and_errors_list_the_rows(b: Backend) {
     assert_eq!(errors, Value::Array(want));
     let rows: Vec<u64> = errors
         .as_array()
-        .unwrap()
+        .expect("an array")
         .iter()
-        .map(|e| e["row"].as_u64().unwrap())
+        .map(|e| e["row"].as_u64().expect("row is a number"))
         .collect();
     assert_eq!(rows, [2, 3]);
     assert_eq!(
@@ -173,10 +176,10 @@ fn events_follow_a_job_from_submit_to_end(b: Backend) {
     // First the state, then progress, and the end with the final state.
     assert!(events.len() >= 3, "too few events: {events:?}");
     assert_eq!(events[0].event, "state", "{events:?}");
-    let last = events.last().unwrap();
+    let last = events.last().expect("an event");
     assert_eq!(last.event, "end", "{events:?}");
     assert!(events[..events.len() - 1].iter().all(|e| e.event != "end"));
-    let fin = jobs.last().unwrap();
+    let fin = jobs.last().expect("a job event");
     assert_eq!(fin["state"], "completed", "{fin}");
     assert_counts(fin, 20, 0, Some(20));
     assert_eq!(fin, &d.status_json(&id));
@@ -184,7 +187,7 @@ fn events_follow_a_job_from_submit_to_end(b: Backend) {
     let mut prev_state = Value::Null;
     for (e, j) in events.iter().zip(&jobs) {
         assert_eq!(j["id"], id.as_str());
-        let p = j["processed"].as_u64().unwrap();
+        let p = j["processed"].as_u64().expect("processed is a number");
         assert!(p >= prev, "processed went back: {events:?}");
         prev = p;
         if e.event == "progress" {
@@ -225,8 +228,8 @@ fn events_follow_a_job_from_submit_to_end(b: Backend) {
         .iter()
         .filter(|e| e.event != "progress")
         .map(|e| {
-            let j: Value = serde_json::from_str(&e.data).unwrap();
-            j["state"].as_str().unwrap().to_string()
+            let j: Value = serde_json::from_str(&e.data).expect("event data is JSON");
+            j["state"].as_str().expect("state is a string").to_string()
         })
         .collect();
     assert!(states.contains(&"paused".to_string()), "{states:?}");

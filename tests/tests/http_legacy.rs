@@ -161,7 +161,7 @@ fn upload_routes_accept_files_and_refuse_anything_else(b: Backend) {
     let mut ids: Vec<String> = d
         .status_all()
         .iter()
-        .map(|j| j["id"].as_str().unwrap().to_string())
+        .map(|j| j["id"].as_str().expect("id is a string").to_string())
         .collect();
     ids.sort();
     let mut want = vec![b, t, bin, ragged, id];

@@ -51,6 +51,11 @@ impl KindError {
     pub fn is_unavailable(&self) -> bool {
         matches!(self, KindError::Store(e) if e.is_unavailable())
     }
+
+    /// The job was claimed by another worker: this one must stop touching it.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, KindError::Store(e) if e.is_fenced())
+    }
 }
 
 /// A job being worked on. Its input is open; dropping it closes everything.

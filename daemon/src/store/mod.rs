@@ -52,6 +52,10 @@ pub enum StoreError {
     /// Another job already has this id (ids are allocated without the store).
     #[error("job id {0} is already taken")]
     DuplicateId(String),
+    /// The job was claimed again since this claim (a newer worker has it): what
+    /// this one has not committed must never be.
+    #[error("job {0} was claimed by another worker")]
+    Fenced(i64),
 }
 
 impl StoreError {
@@ -64,6 +68,10 @@ impl StoreError {
 
     pub fn is_unavailable(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
+    }
+
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, StoreError::Fenced(_))
     }
 }
 
@@ -141,6 +149,16 @@ pub struct JobRow {
     pub input: String,
     /// Where the kind resumes (its own JSON), once a batch has committed.
     pub cursor: Option<String>,
+}
+
+/// A worker's hold on a job. Each claim of a job has a higher epoch than the last;
+/// commits and state changes made under an older one are refused, so a worker
+/// whose process was killed mid-commit (or that lost the job) can never land
+/// work over its successor's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    pub seq: i64,
+    pub epoch: i64,
 }
 
 /// Committed counts of a job.
@@ -260,18 +278,31 @@ pub trait Store: Source {
     fn insert_job(&self, job: &NewJob<'_>) -> Result<JobRow, StoreError>;
     fn create_upload(&self) -> Result<Box<dyn Upload>, StoreError>;
     fn load_job(&self, seq: i64) -> Result<JobRow, StoreError>;
+    /// Sets the state of a job no worker holds (queued, paused, failed). A job
+    /// that ends loses its input, and a failed one its output too.
     fn set_state(
         &self,
         seq: i64,
         state: StoredState,
         error: Option<&str>,
     ) -> Result<(), StoreError>;
+    /// Takes a job for a worker: returns it as committed — after any commit of an
+    /// earlier claim still in flight — with the new claim.
+    fn claim(&self, seq: i64) -> Result<(JobRow, Claim), StoreError>;
+    /// [`Store::set_state`] by the worker holding `claim`; refused (`Fenced`)
+    /// once the job was claimed again.
+    fn release(
+        &self,
+        claim: &Claim,
+        state: StoredState,
+        error: Option<&str>,
+    ) -> Result<(), StoreError>;
     /// Applies the batch's effects and stores the job's new counts and cursor (and
-    /// its end, if any) in one transaction; returns the counts committed. A job
-    /// that ends loses its input, and a failed one its output too.
+    /// its end, if any) in one transaction, if `claim` still holds; returns the
+    /// counts committed.
     fn commit(
         &self,
-        seq: i64,
+        claim: &Claim,
         batch: &mut Batch,
         seal: &Seal<'_>,
         interrupt: &AtomicBool,

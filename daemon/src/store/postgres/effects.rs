@@ -2,7 +2,9 @@
 //! all of a job's effects.
 
 use super::{blobs, jobs};
-use crate::store::{tally, Batch, CommitError, End, Progress, Seal, StoreError, StoredState};
+use crate::store::{
+    tally, Batch, Claim, CommitError, End, Progress, Seal, StoreError, StoredState,
+};
 use deadpool_postgres::{GenericClient, Object};
 use jobd_protocol::JobState;
 use std::collections::HashSet;
@@ -11,22 +13,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 pub async fn commit(
     client: &mut Object,
-    seq: i64,
+    claim: &Claim,
     batch: &Batch,
     seal: &Seal<'_>,
     interrupt: &AtomicBool,
 ) -> Result<Progress, CommitError> {
+    let seq = claim.seq;
     let tx = client.transaction().await.map_err(StoreError::from)?;
-    // The job's row stays locked to the end: state changes queue behind the batch.
-    let row = tx
-        .query_one(
-            "SELECT owner, output_len FROM jobd.jobs WHERE seq = $1 FOR UPDATE",
-            &[&seq],
-        )
-        .await
-        .map_err(StoreError::from)?;
-    let owner: String = row.get(0);
-    let output_len: i64 = row.get(1);
+    // The job's row stays locked to the end: a new claim waits for this commit,
+    // and this commit happens only if no new claim came first.
+    let (owner, output_len) = jobs::lock_claimed(&tx, seq, claim.epoch).await?;
     insert_blocks(&tx, seq, batch).await?;
     if interrupt.load(Ordering::Relaxed) {
         return Err(CommitError::Interrupted);

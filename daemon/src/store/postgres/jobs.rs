@@ -91,6 +91,41 @@ pub async fn load(c: &impl GenericClient, seq: i64) -> Result<JobRow, StoreError
     }
 }
 
+/// Raises the job's epoch and returns the job with it. The update waits for the
+/// row lock of any commit in flight, so what it returns includes that commit.
+pub async fn claim(c: &impl GenericClient, seq: i64) -> Result<(JobRow, i64), StoreError> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "UPDATE jobd.jobs SET epoch = epoch + 1 WHERE seq = $1 RETURNING {JOB_COLUMNS}, epoch"
+        ))
+        .await?;
+    let row = c
+        .query_opt(&stmt, &[&seq])
+        .await?
+        .ok_or_else(|| StoreError::Corrupt(format!("job {seq} vanished")))?;
+    Ok((job_of(&row)?, row.try_get(15)?))
+}
+
+/// Locks the job's row for the caller's transaction and checks that `epoch` is
+/// still its claim; returns the job's owner and committed output length.
+pub async fn lock_claimed(
+    c: &impl GenericClient,
+    seq: i64,
+    epoch: i64,
+) -> Result<(String, i64), StoreError> {
+    let stmt = c
+        .prepare_cached("SELECT owner, output_len, epoch FROM jobd.jobs WHERE seq = $1 FOR UPDATE")
+        .await?;
+    let row = c
+        .query_opt(&stmt, &[&seq])
+        .await?
+        .ok_or_else(|| StoreError::Corrupt(format!("job {seq} vanished")))?;
+    if row.try_get::<_, i64>(2)? != epoch {
+        return Err(StoreError::Fenced(seq));
+    }
+    Ok((row.try_get(0)?, row.try_get(1)?))
+}
+
 /// Takes the next completion number: under the counter row's lock, held until
 /// the caller's transaction ends.
 pub async fn next_finished(c: &impl GenericClient) -> Result<i64, StoreError> {

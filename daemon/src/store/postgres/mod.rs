@@ -13,7 +13,7 @@ mod jobs;
 mod schema;
 
 use super::{
-    Batch, CommitError, Day, DayQuery, DayRecord, ExportPlan, Input, JobRow, NewJob, Owner,
+    Batch, Claim, CommitError, Day, DayQuery, DayRecord, ExportPlan, Input, JobRow, NewJob, Owner,
     Progress, Reader, Seal, Source, Store, StoreError, StoredState, Upload,
 };
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
@@ -307,9 +307,30 @@ impl Store for PgStore {
         })
     }
 
+    fn claim(&self, seq: i64) -> Result<(JobRow, Claim), StoreError> {
+        let (job, epoch) = self.run(async { jobs::claim(&self.client().await?, seq).await })?;
+        Ok((job, Claim { seq, epoch }))
+    }
+
+    fn release(
+        &self,
+        claim: &Claim,
+        state: StoredState,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.run(async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            jobs::lock_claimed(&tx, claim.seq, claim.epoch).await?;
+            jobs::set_state(&tx, claim.seq, state, error).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
     fn commit(
         &self,
-        seq: i64,
+        claim: &Claim,
         batch: &mut Batch,
         seal: &Seal<'_>,
         interrupt: &AtomicBool,
@@ -317,7 +338,7 @@ impl Store for PgStore {
         batch.sort_records_by_day();
         self.run(async {
             let mut client = self.client().await?;
-            effects::commit(&mut client, seq, batch, seal, interrupt).await
+            effects::commit(&mut client, claim, batch, seal, interrupt).await
         })
     }
 

@@ -42,7 +42,9 @@ CREATE TABLE jobd.jobs (
     input        text   NOT NULL,
     cursor       text,
     finished_seq bigint,
-    output_len   bigint NOT NULL DEFAULT 0
+    output_len   bigint NOT NULL DEFAULT 0,
+    -- Raised by every claim of the job by a worker; commits check it (fencing).
+    epoch        bigint NOT NULL DEFAULT 0
 );
 CREATE INDEX jobs_by_finish ON jobd.jobs (finished_seq);
 

@@ -13,7 +13,7 @@ mod jobs;
 mod schema;
 
 use super::{
-    Batch, CommitError, Day, DayQuery, DayRecord, ExportPlan, Input, JobRow, NewJob, Owner,
+    Batch, Claim, CommitError, Day, DayQuery, DayRecord, ExportPlan, Input, JobRow, NewJob, Owner,
     Progress, Reader, Seal, Source, Store, StoreError, StoredState, Upload,
 };
 use jobd_protocol::{JobState, RowError};
@@ -240,13 +240,21 @@ impl Store for SqliteStore {
         error: Option<&str>,
     ) -> Result<(), StoreError> {
         let conn = self.conn()?;
+        // A failing job gives its files up first: on a full disk, that is what
+        // makes room to record the failure.
+        let failing = state == StoredState::Public(JobState::Failed);
+        if failing {
+            let job = jobs::load(&conn, seq)?;
+            files::remove_input(&self.inner.dirs, job.kind, &job.input);
+            files::remove_output(&self.inner.dirs, job.kind, &job.id);
+        }
         {
             let _w = self.lock_writes();
             jobs::set_state(&conn, seq, state, error)?;
         }
-        // A job that ends loses its upload, and a failed one its output too.
+        // A job that ends otherwise loses its upload once that is recorded.
         if let StoredState::Public(s) = state {
-            if s.is_finished() {
+            if s.is_finished() && !failing {
                 let job = jobs::load(&conn, seq)?;
                 files::remove_input(&self.inner.dirs, job.kind, &job.input);
                 if s != JobState::Completed {
@@ -257,14 +265,29 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    /// One daemon holds the state directory (its lock), and a killed process
+    /// commits nothing more: claims need no epoch here.
+    fn claim(&self, seq: i64) -> Result<(JobRow, Claim), StoreError> {
+        Ok((self.load_job(seq)?, Claim { seq, epoch: 0 }))
+    }
+
+    fn release(
+        &self,
+        claim: &Claim,
+        state: StoredState,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.set_state(claim.seq, state, error)
+    }
+
     fn commit(
         &self,
-        seq: i64,
+        claim: &Claim,
         batch: &mut Batch,
         seal: &Seal<'_>,
         interrupt: &AtomicBool,
     ) -> Result<Progress, CommitError> {
-        let committed = effects::commit(self, seq, batch, seal, interrupt)?;
+        let committed = effects::commit(self, claim.seq, batch, seal, interrupt)?;
         if batch.units() >= CHECKPOINT_AFTER {
             self.committed_bulk();
         }
