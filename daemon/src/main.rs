@@ -3,6 +3,7 @@
 
 use clap::Parser;
 use jobd::config::{Cli, Config};
+use jobd::store::StoreError;
 use jobd::{daemon, logging, pidfile};
 use nix::sys::stat::{umask, Mode};
 use std::fs::File;
@@ -36,9 +37,21 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("jobd: {e:#}");
-            tracing::error!("{e:#}");
-            ExitCode::FAILURE
+            if cli.daemon {
+                // The detached daemon's stderr goes nowhere: its log has it.
+                tracing::error!("{e:#}");
+            }
+            exit_code(&e)
         }
+    }
+}
+
+/// 2 for a store that cannot be used as configured (the user's to fix, like a bad
+/// flag), 1 for anything else.
+fn exit_code(e: &anyhow::Error) -> ExitCode {
+    match e.downcast_ref::<StoreError>() {
+        Some(StoreError::Config(_)) => ExitCode::from(2),
+        _ => ExitCode::FAILURE,
     }
 }
 

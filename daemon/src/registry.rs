@@ -522,6 +522,11 @@ impl Registry {
         control: Control,
         action: Action,
     ) -> Result<JobInfo, Refusal> {
+        // A worker parks only once the store has recorded it: while the store is
+        // out of reach, a control would only wait out its time.
+        if !self.store.is_available() {
+            return Err(unavailable(id));
+        }
         let mut rx = {
             let mut st = self.lock();
             let e = st.jobs.get_mut(id).ok_or_else(|| not_found(id))?;
@@ -541,6 +546,16 @@ impl Registry {
         let info = match settled {
             Ok(Ok(info)) => info.clone(),
             Ok(Err(_)) => return Err(Refusal::new(ErrorCode::Internal, "job vanished")),
+            // The control stays with the worker, which obeys once the store is back.
+            Err(_) if !self.store.is_available() => {
+                return Err(Refusal::new(
+                    ErrorCode::StorageUnavailable,
+                    format!(
+                        "the store could not be reached within {} s: {id} parks once it is back",
+                        CONTROL_TIMEOUT.as_secs()
+                    ),
+                ))
+            }
             Err(_) => {
                 return Err(Refusal::new(
                     ErrorCode::WorkerUnresponsive,
@@ -631,6 +646,13 @@ fn lookup<'a>(st: &'a State, caller: &Caller, id: &str) -> Result<&'a Entry, Ref
         ));
     }
     Ok(e)
+}
+
+fn unavailable(id: &str) -> Refusal {
+    Refusal::new(
+        ErrorCode::StorageUnavailable,
+        format!("the store cannot be reached, so {id} cannot be controlled now; try again"),
+    )
 }
 
 fn not_found(id: &str) -> Refusal {

@@ -118,12 +118,6 @@ impl PgDatabase {
     pub fn url(&self) -> String {
         format!("{}/{}", server_url(), self.name)
     }
-
-    /// A connection of the test's own, to read what jobd committed.
-    pub fn connect(&self) -> postgres::Client {
-        postgres::Client::connect(&self.url(), postgres::NoTls)
-            .unwrap_or_else(|e| panic!("connect to {}: {e}", self.url()))
-    }
 }
 
 impl Drop for PgDatabase {

@@ -146,7 +146,11 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub state_dir: PathBuf,
     pub backend: Backend,
-    pg: Option<PgDatabase>,
+    /// The database created for this daemon, dropped with it (after the daemon:
+    /// fields drop after `Drop::drop` killed it).
+    _pg: Option<PgDatabase>,
+    /// `--store`, for PostgreSQL.
+    store_url: Option<String>,
     extra: Vec<String>,
     child: Option<Child>,
     starts: u32,
@@ -172,6 +176,22 @@ impl Daemon {
 
     /// Starts a daemon on `backend` with extra flags.
     pub fn start_on_with(backend: Backend, extra: &[&str]) -> Daemon {
+        let pg = (backend == Backend::Postgres).then(PgDatabase::create);
+        let url = pg.as_ref().map(PgDatabase::url);
+        Daemon::start_inner(backend, pg, url, extra)
+    }
+
+    /// Starts a daemon on the PostgreSQL database at `url` (one the test made).
+    pub fn start_on_url(url: &str, extra: &[&str]) -> Daemon {
+        Daemon::start_inner(Backend::Postgres, None, Some(url.to_string()), extra)
+    }
+
+    fn start_inner(
+        backend: Backend,
+        pg: Option<PgDatabase>,
+        store_url: Option<String>,
+        extra: &[&str],
+    ) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("jobd-t")
             .tempdir()
@@ -180,7 +200,8 @@ impl Daemon {
             socket: dir.path().join("run").join("jobd.sock"),
             state_dir: dir.path().join("state"),
             backend,
-            pg: (backend == Backend::Postgres).then(PgDatabase::create),
+            _pg: pg,
+            store_url,
             dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
@@ -206,15 +227,15 @@ impl Daemon {
             .arg("--state-dir")
             .arg(&self.state_dir)
             .args(&self.extra);
-        if let Some(pg) = &self.pg {
-            cmd.arg("--store").arg(pg.url());
+        if let Some(url) = &self.store_url {
+            cmd.arg("--store").arg(url);
         }
         cmd
     }
 
     /// The URL of this daemon's PostgreSQL database, when it has one.
-    pub fn store_url(&self) -> Option<String> {
-        self.pg.as_ref().map(PgDatabase::url)
+    pub fn store_url(&self) -> Option<&str> {
+        self.store_url.as_deref()
     }
 
     fn log_path(&self, n: u32) -> PathBuf {
@@ -559,8 +580,8 @@ impl Daemon {
 
     /// A view of what the daemon committed, in its SQLite store or its database.
     pub fn store(&self) -> StoreView {
-        match &self.pg {
-            Some(pg) => StoreView::Postgres(std::cell::RefCell::new(pg.connect())),
+        match &self.store_url {
+            Some(url) => StoreView::postgres(url),
             None => StoreView::sqlite(&self.state_dir),
         }
     }

@@ -24,6 +24,7 @@ pub mod crash;
 pub mod daemon;
 pub mod data;
 pub mod http;
+pub mod pgcluster;
 pub mod service;
 pub mod store;
 

@@ -79,6 +79,12 @@ impl StoreView {
         }
     }
 
+    pub fn postgres(url: &str) -> StoreView {
+        let c = postgres::Client::connect(url, postgres::NoTls)
+            .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+        StoreView::Postgres(RefCell::new(c))
+    }
+
     /// The job's `seq` (its key in the effect tables), if the store knows the job.
     pub fn job_seq(&self, id: &str) -> Option<i64> {
         match self {
