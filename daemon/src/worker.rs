@@ -8,10 +8,13 @@
 //! drops what it has not committed, waits for the store with backoff, and resumes
 //! from the committed cursor too.
 
+mod committer;
+
 use crate::kinds::{self, JobContext, JobRun, KindError, Step};
 use crate::store::{
     Batch, Claim, CommitError, End, JobRow, Progress, Seal, SharedStore, StoreError, StoredState,
 };
+use committer::{Committer, SealedBatch};
 use jobd_protocol::{JobState, RowError};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -106,10 +109,19 @@ enum Outcome {
 
 /// What a commit gave.
 enum Committed {
-    Done,
+    /// Committed; the batch comes back empty, for its allocations.
+    Done(Batch),
     Control(Control),
-    /// This row error, and those after it, are past the job's limit.
-    OverLimit(RowError),
+    /// This row error, and those after it, are past the job's limit; the batch
+    /// comes back as it was.
+    OverLimit(RowError, Batch),
+}
+
+/// Reuses a committed batch's allocations while the open one is still empty.
+fn recycle(batch: &mut Batch, spare: Batch) {
+    if batch.is_empty() {
+        *batch = spare;
+    }
 }
 
 impl Worker {
@@ -155,6 +167,10 @@ impl Worker {
     }
 
     /// Runs the job from its committed cursor until it ends or a control arrives.
+    ///
+    /// A full batch is committed on a thread of its own while the worker fills the
+    /// next one (at most one commit in flight, as each starts from the counts the
+    /// one before committed): reading and parsing go on while the store writes.
     fn run_job(&self) -> Result<Outcome, KindError> {
         let (job, claim) = self.store.claim(self.seq)?;
         self.claim.set(Some(claim));
@@ -174,11 +190,14 @@ impl Worker {
         let mut paced_units = 0u64;
         let mut batch_started: Option<Instant> = None;
         let mut batch_age = FIRST_BATCH_AGE;
+        let mut committer = Committer::start(&self.store, claim, &self.interrupt, self.seq);
 
         loop {
             match self.controls.try_recv() {
-                Ok(c) => return Ok(Outcome::Control(c)),
-                Err(TryRecvError::Disconnected) => return Ok(Outcome::Control(Control::Shutdown)),
+                Ok(c) => return Ok(self.settle(&mut committer, &mut committed, c)),
+                Err(TryRecvError::Disconnected) => {
+                    return Ok(self.settle(&mut committer, &mut committed, Control::Shutdown))
+                }
                 Err(TryRecvError::Empty) => {}
             }
             if let Some((t0, rate)) = pace {
@@ -186,12 +205,25 @@ impl Worker {
                 let now = Instant::now();
                 if due > now {
                     // Never wait with work in hand: commit what is done first.
-                    if batch.units() > 0 {
-                        match self.commit(&claim, &*run, &mut batch, &mut committed, None)? {
-                            Committed::Done => batch_started = None,
+                    if committer.busy() {
+                        match self.finish(&mut committer, &mut committed)? {
+                            Committed::Done(spare) => recycle(&mut batch, spare),
                             Committed::Control(c) => return Ok(Outcome::Control(c)),
-                            Committed::OverLimit(e) => {
-                                return self.over_limit(&claim, &*run, batch, committed, e)
+                            Committed::OverLimit(e, b) => {
+                                return self.over_limit(&claim, &*run, b, committed, e)
+                            }
+                        }
+                    }
+                    if batch.units() > 0 {
+                        self.start_commit(&mut committer, &*run, &mut batch, committed, false);
+                        match self.finish(&mut committer, &mut committed)? {
+                            Committed::Done(spare) => {
+                                recycle(&mut batch, spare);
+                                batch_started = None;
+                            }
+                            Committed::Control(c) => return Ok(Outcome::Control(c)),
+                            Committed::OverLimit(e, b) => {
+                                return self.over_limit(&claim, &*run, b, committed, e)
                             }
                         }
                     }
@@ -214,64 +246,96 @@ impl Worker {
                 // The kind's last row error is past the limit; the commit says so.
                 break;
             }
-            if batch.units() >= BATCH_UNITS
+            // The clock is read every few units: a batch of fast units ages slowly.
+            let units = batch.units();
+            if units >= BATCH_UNITS
                 || batch.bytes() >= BATCH_BYTES
-                || started.elapsed() >= batch_age
+                || (units.is_multiple_of(64) && started.elapsed() >= batch_age)
             {
-                match self.commit(&claim, &*run, &mut batch, &mut committed, None)? {
-                    Committed::Done => batch_started = None,
-                    Committed::Control(c) => return Ok(Outcome::Control(c)),
-                    Committed::OverLimit(e) => {
-                        return self.over_limit(&claim, &*run, batch, committed, e)
+                // The batch before must have committed: its counts are this one's start.
+                if committer.busy() {
+                    match self.finish(&mut committer, &mut committed)? {
+                        Committed::Done(spare) => recycle(&mut batch, spare),
+                        Committed::Control(c) => return Ok(Outcome::Control(c)),
+                        Committed::OverLimit(e, b) => {
+                            return self.over_limit(&claim, &*run, b, committed, e)
+                        }
                     }
                 }
+                self.start_commit(&mut committer, &*run, &mut batch, committed, false);
+                batch_started = None;
                 batch_age = (batch_age * 2).min(BATCH_AGE);
             }
         }
-        match self.commit(
-            &claim,
-            &*run,
-            &mut batch,
-            &mut committed,
-            Some(End::Completed),
-        )? {
-            Committed::Done => Ok(Outcome::Exit(Exit::Completed)),
+        if committer.busy() {
+            match self.finish(&mut committer, &mut committed)? {
+                Committed::Done(spare) => recycle(&mut batch, spare),
+                Committed::Control(c) => return Ok(Outcome::Control(c)),
+                Committed::OverLimit(e, b) => {
+                    return self.over_limit(&claim, &*run, b, committed, e)
+                }
+            }
+        }
+        self.start_commit(&mut committer, &*run, &mut batch, committed, true);
+        match self.finish(&mut committer, &mut committed)? {
+            Committed::Done(_) => Ok(Outcome::Exit(Exit::Completed)),
             Committed::Control(c) => Ok(Outcome::Control(c)),
-            Committed::OverLimit(e) => self.over_limit(&claim, &*run, batch, committed, e),
+            Committed::OverLimit(e, b) => self.over_limit(&claim, &*run, b, committed, e),
         }
     }
 
-    /// Commits the batch with the cursor after it, optionally ending the job.
-    fn commit(
+    /// Hands the batch, with the cursor after it, to the committer; `batch` is
+    /// left empty.
+    fn start_commit(
         &self,
-        claim: &Claim,
+        committer: &mut Committer,
         run: &dyn JobRun,
         batch: &mut Batch,
-        committed: &mut Progress,
-        end: Option<End<'_>>,
-    ) -> Result<Committed, KindError> {
-        let cursor = run.cursor();
-        let seal = Seal {
-            before: *committed,
+        committed: Progress,
+        completes: bool,
+    ) {
+        committer.send(SealedBatch {
+            batch: std::mem::take(batch),
+            before: committed,
             total: run.total().or(committed.total),
-            cursor: &cursor,
-            end,
+            cursor: run.cursor(),
+            completes,
             max_failed: self.max_row_errors,
-        };
-        match self.store.commit(claim, batch, &seal, &self.interrupt) {
+        });
+    }
+
+    /// Waits for the batch handed to the committer.
+    fn finish(
+        &self,
+        committer: &mut Committer,
+        committed: &mut Progress,
+    ) -> Result<Committed, KindError> {
+        let (batch, result) = committer.wait()?;
+        match result {
             Ok(p) => {
                 *committed = p;
-                batch.clear();
                 (self.report)(p);
-                Ok(Committed::Done)
+                Ok(Committed::Done(batch))
             }
             // The flag is raised before the control is sent: it is on its way.
             Err(CommitError::Interrupted) => Ok(Committed::Control(
                 self.controls.recv().unwrap_or(Control::Shutdown),
             )),
-            Err(CommitError::OverLimit(e)) => Ok(Committed::OverLimit(e)),
+            Err(CommitError::OverLimit(e)) => Ok(Committed::OverLimit(e, batch)),
             Err(CommitError::Store(e)) => Err(e.into()),
         }
+    }
+
+    /// A control arrived: the commit in flight (told to give up by the control's
+    /// flag) ends first, then the control is obeyed whatever its outcome.
+    fn settle(&self, committer: &mut Committer, committed: &mut Progress, c: Control) -> Outcome {
+        if committer.busy() {
+            if let Ok((_, Ok(p))) = committer.wait() {
+                *committed = p;
+                (self.report)(p);
+            }
+        }
+        Outcome::Control(c)
     }
 
     /// The job has more row errors than allowed: what came before the first one

@@ -596,14 +596,15 @@ impl StoreView {
     }
 }
 
-/// Transactions of jobd that hold written rows but have not committed: uploads
-/// being received (nothing else of jobd's stays open between calls).
+/// Uploads being received: transactions of jobd that wrote an upload's rows and
+/// have not committed.
 fn uploads_in_progress(c: &mut postgres::Client) -> usize {
     let n: i64 = c
         .query_one(
             "SELECT COUNT(*) FROM pg_stat_activity
               WHERE datname = current_database() AND application_name = 'jobd'
-                AND backend_xid IS NOT NULL AND state = 'idle in transaction'",
+                AND backend_xid IS NOT NULL
+                AND (query LIKE 'COPY jobd.upload_chunks%' OR query LIKE 'INSERT INTO jobd.uploads%')",
             &[],
         )
         .expect("query pg_stat_activity")

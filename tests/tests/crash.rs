@@ -695,9 +695,9 @@ fn client_killed_mid_upload_leaves_no_job_and_no_upload(b: Backend) {
         let mut child = piped_jobctl(&d, cmd);
         let mut stdin = child.stdin.take().expect("stdin");
         stdin
-            .write_all(&csv_about(cmd, 700 * 1024))
+            .write_all(&csv_about(cmd, 3 << 20))
             .expect("feed jobctl");
-        wait_receiving(&d, 256 * 1024);
+        wait_receiving(&d, 1 << 20);
         child.kill().expect("SIGKILL jobctl");
         child.wait().expect("reap jobctl");
         drop(stdin);
@@ -748,9 +748,9 @@ fn daemon_killed_mid_upload_gives_the_client_an_error_and_leaves_nothing(b: Back
     let mut child = piped_jobctl(&d, "upload");
     let mut stdin = child.stdin.take().expect("stdin");
     stdin
-        .write_all(&csv_about("upload", 700 * 1024))
+        .write_all(&csv_about("upload", 3 << 20))
         .expect("feed jobctl");
-    wait_receiving(&d, 256 * 1024);
+    wait_receiving(&d, 1 << 20);
     d.sigkill();
     // The client notices when it next writes: feed it more, then end its input.
     let feeder = thread::spawn(move || {

@@ -4,8 +4,26 @@
 use super::{check_rate, refuse, store_call, Context};
 use crate::connection::{ConnError, Connection};
 use crate::registry::{Caller, Refusal, Submission, SubmitInput};
-use jobd_protocol::{ErrorCode, Request, Response, UploadKind};
+use crate::store::Upload;
+use jobd_protocol::{ErrorCode, Request, Response, UploadKind, CHUNK_SIZE};
 use std::sync::Arc;
+
+/// Bytes gathered before they are handed to the store.
+const HAND_OVER: usize = 1 << 20;
+
+/// Writes `pending` to the upload on a blocking thread; gives both back (the
+/// buffer emptied).
+async fn hand_over(
+    mut upload: Box<dyn Upload>,
+    mut pending: Vec<u8>,
+) -> Result<(Box<dyn Upload>, Vec<u8>), Refusal> {
+    store_call(move || {
+        upload.write(&pending)?;
+        pending.clear();
+        Ok((upload, pending))
+    })
+    .await
+}
 
 pub async fn handle(
     conn: &mut Connection,
@@ -24,10 +42,14 @@ pub async fn handle(
         Err(r) => return refuse(conn, r).await,
     };
     conn.send(&Response::Ready).await?;
+    // Chunks are handed to the store a few at a time: each hand-over is a trip to
+    // a blocking thread.
+    let mut pending: Vec<u8> = Vec::with_capacity(HAND_OVER + CHUNK_SIZE);
     loop {
         match conn.read().await? {
             Some(Request::Chunk { data }) => {
-                if upload.written() + data.len() as u64 > ctx.max_upload_bytes {
+                let received = upload.written() + (pending.len() + data.len()) as u64;
+                if received > ctx.max_upload_bytes {
                     let r = Refusal::new(
                         ErrorCode::UploadIncomplete,
                         format!(
@@ -38,30 +60,26 @@ pub async fn handle(
                     refuse(conn, r).await?;
                     return Err(ConnError::Idle);
                 }
-                let written = store_call(move || {
-                    let r = upload.write(&data);
-                    Ok((upload, r))
-                })
-                .await;
-                let (u, result) = match written {
-                    Ok(w) => w,
-                    Err(r) => {
-                        refuse(conn, r).await?;
-                        return Err(ConnError::Idle);
-                    }
-                };
-                upload = u;
-                if let Err(e) = result {
-                    // The connection cannot be resynchronized mid-stream: answer, then close.
-                    refuse(conn, Refusal::storage(e)).await?;
-                    return Err(ConnError::Idle);
+                pending.extend_from_slice(&data);
+                if pending.len() >= HAND_OVER {
+                    (upload, pending) = match hand_over(upload, pending).await {
+                        Ok(u) => u,
+                        Err(r) => {
+                            // The connection cannot be resynchronized mid-stream:
+                            // answer, then close.
+                            refuse(conn, r).await?;
+                            return Err(ConnError::Idle);
+                        }
+                    };
                 }
             }
-            Some(Request::End { bytes }) if bytes == upload.written() => break,
+            Some(Request::End { bytes }) if bytes == upload.written() + pending.len() as u64 => {
+                break
+            }
             Some(Request::End { bytes }) => {
                 let msg = format!(
                     "upload announced {bytes} bytes but {} arrived",
-                    upload.written()
+                    upload.written() + pending.len() as u64
                 );
                 return refuse(conn, Refusal::new(ErrorCode::UploadIncomplete, msg)).await;
             }
@@ -76,6 +94,12 @@ pub async fn handle(
             // Client gone: the upload is discarded when it drops.
             None => return Ok(()),
         }
+    }
+    if !pending.is_empty() {
+        (upload, _) = match hand_over(upload, pending).await {
+            Ok(u) => u,
+            Err(r) => return refuse(conn, r).await,
+        };
     }
     let sub = Submission {
         kind: kind.into(),

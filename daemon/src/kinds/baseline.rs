@@ -7,10 +7,11 @@
 //! commit is simply read again after a pause or crash.
 
 use super::csv_input::{CsvInput, Record, Row};
-use super::{field_count_error, parse_cursor, utf8_fields, JobContext, JobRun, KindError, Step};
+use super::{field_count_error, parse_cursor, JobContext, JobRun, KindError, Step};
 use crate::dates;
 use crate::store::{Batch, Day, Source};
 use serde::{Deserialize, Serialize};
+use std::fmt::Write;
 use std::ops::Range;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
@@ -202,8 +203,8 @@ fn parse_row(
     if rec.len() != layout.width {
         return Err(field_count_error(layout.width, rec.len()));
     }
-    let fields = utf8_fields(rec)?;
-    let date = fields[layout.date_col];
+    let fields = rec.text()?;
+    let date = fields.get(layout.date_col);
     let Some(day) = dates::parse(date) else {
         return Err(format!("date {date:?} is not a valid YYYY-MM-DD date"));
     };
@@ -214,7 +215,7 @@ fn parse_row(
             .iter()
             .enumerate()
             .filter(|&(i, _)| i != layout.date_col)
-            .map(|(_, f)| *f),
+            .map(|(_, f)| f),
     );
     Ok((day, start..arena.len()))
 }
@@ -264,7 +265,8 @@ impl Drop for Baseline {
     }
 }
 
-/// Appends `["a","b",...]` to `out`.
+/// Appends `["a","b",...]` to `out`. Only ASCII needs escaping, so runs of other
+/// bytes are copied whole.
 fn encode_json_array<'a>(out: &mut String, fields: impl Iterator<Item = &'a str>) {
     out.push('[');
     for (i, f) in fields.enumerate() {
@@ -272,14 +274,23 @@ fn encode_json_array<'a>(out: &mut String, fields: impl Iterator<Item = &'a str>
             out.push(',');
         }
         out.push('"');
-        for c in f.chars() {
-            match c {
-                '"' => out.push_str("\\\""),
-                '\\' => out.push_str("\\\\"),
-                c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-                c => out.push(c),
+        let mut clean = 0;
+        for (at, b) in f.bytes().enumerate() {
+            let escape = match b {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                0..=0x1f => "",
+                _ => continue,
+            };
+            out.push_str(&f[clean..at]);
+            if escape.is_empty() {
+                let _ = write!(out, "\\u{b:04x}");
+            } else {
+                out.push_str(escape);
             }
+            clean = at + 1;
         }
+        out.push_str(&f[clean..]);
         out.push('"');
     }
     out.push(']');

@@ -3,7 +3,7 @@
 //! refuses a name that exists, and that row becomes a row error.
 
 use super::csv_input::{CsvInput, Row};
-use super::{field_count_error, parse_cursor, utf8_fields, JobContext, JobRun, KindError, Step};
+use super::{field_count_error, parse_cursor, JobContext, JobRun, KindError, Step};
 use crate::store::{Batch, Source};
 use serde::{Deserialize, Serialize};
 
@@ -59,20 +59,21 @@ impl JobRun for BulkTeam {
             batch.reject(row, field_count_error(width, rec.len()));
             return Ok(Step::Unit);
         }
-        let fields = match utf8_fields(rec) {
+        let fields = match rec.text() {
             Ok(f) => f,
             Err(message) => {
                 batch.reject(row, message);
                 return Ok(Step::Unit);
             }
         };
-        let name = fields[0].trim();
+        let name = fields.get(0).trim();
         if name.is_empty() {
             batch.reject(row, "empty team name".into());
             return Ok(Step::Unit);
         }
-        let members = fields[1..]
+        let members = fields
             .iter()
+            .skip(1)
             .map(|m| m.trim())
             .filter(|m| !m.is_empty())
             .map(String::from)

@@ -35,6 +35,45 @@ impl Record {
             field
         })
     }
+
+    /// The fields as text, or a row error naming the first field that is not
+    /// UTF-8. The record is checked once whole: every field is then valid if no
+    /// field boundary falls inside a character.
+    pub fn text(&self) -> Result<Text<'_>, String> {
+        let whole = std::str::from_utf8(&self.buf)
+            .ok()
+            .filter(|t| self.ends.iter().all(|&e| t.is_char_boundary(e)));
+        match whole {
+            Some(text) => Ok(Text {
+                text,
+                ends: &self.ends,
+            }),
+            None => {
+                let bad = self
+                    .iter()
+                    .position(|f| std::str::from_utf8(f).is_err())
+                    .unwrap_or(0);
+                Err(format!("field {} is not valid UTF-8", bad + 1))
+            }
+        }
+    }
+}
+
+/// A record's fields, known to be UTF-8.
+pub struct Text<'a> {
+    text: &'a str,
+    ends: &'a [usize],
+}
+
+impl<'a> Text<'a> {
+    pub fn get(&self, i: usize) -> &'a str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.text[start..self.ends[i]]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &'a str> + '_ {
+        (0..self.ends.len()).map(|i| self.get(i))
+    }
 }
 
 /// What the next record is.
@@ -221,7 +260,29 @@ fn open_quote_at_end(raw: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::open_quote_at_end;
+    use super::{open_quote_at_end, Record};
+
+    #[test]
+    fn text_checks_every_field() {
+        let rec = |buf: &[u8], ends: &[usize]| Record {
+            buf: buf.to_vec(),
+            ends: ends.to_vec(),
+        };
+        let ok = rec("aébc".as_bytes(), &[1, 3, 5]);
+        let t = ok.text().expect("valid");
+        assert_eq!(t.iter().collect::<Vec<_>>(), ["a", "é", "bc"]);
+        // Valid as a whole, but the boundary cuts `é` in two: both halves are bad.
+        let split = rec("é".as_bytes(), &[1, 2]);
+        assert_eq!(
+            split.text().err().as_deref(),
+            Some("field 1 is not valid UTF-8")
+        );
+        let bad = rec(b"ok\xff", &[2, 3]);
+        assert_eq!(
+            bad.text().err().as_deref(),
+            Some("field 2 is not valid UTF-8")
+        );
+    }
 
     #[test]
     fn open_quotes() {

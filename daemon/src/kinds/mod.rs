@@ -91,16 +91,6 @@ pub fn total_at_submit(kind: JobKind, input: &str) -> Option<u64> {
     }
 }
 
-/// Checks that every field is UTF-8; the row error message names the field.
-fn utf8_fields(rec: &csv_input::Record) -> Result<Vec<&str>, String> {
-    rec.iter()
-        .enumerate()
-        .map(|(i, f)| {
-            std::str::from_utf8(f).map_err(|_| format!("field {} is not valid UTF-8", i + 1))
-        })
-        .collect()
-}
-
 fn field_count_error(expected: usize, found: usize) -> String {
     format!("expected {expected} fields as in the header, found {found}")
 }

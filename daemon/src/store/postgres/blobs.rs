@@ -3,14 +3,28 @@
 //! An upload is written inside one transaction that also creates its job: a
 //! client that goes away, or a node that dies, mid-upload leaves nothing. An
 //! export's output is appended in the transaction of each batch, with its cursor.
+//! Both are written with COPY, in chunks small enough to stay in their row
+//! (PostgreSQL moves values over ~2 KiB out of line, at the cost of another table
+//! and index), and read back in ranges of chunks, the next range fetched while
+//! the reader works on this one.
 
 use super::{jobs, PgStore};
 use crate::store::{now_ms, Input, JobRow, NewJob, Reader, StoreError, Upload};
 use deadpool_postgres::{GenericClient, Object};
+use std::collections::VecDeque;
+use std::pin::Pin;
 use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::Type;
 
 /// Bytes per chunk row.
-pub const CHUNK: usize = 1 << 20;
+pub const CHUNK: usize = 1900;
+
+/// Chunk rows per read (about 1 MiB).
+const RANGE: i64 = 512;
+
+const CHUNK_TYPES: [Type; 3] = [Type::INT8, Type::INT8, Type::BYTEA];
 
 /// A pooled connection holding a transaction open across calls. Dropped without
 /// [`OpenTx::commit`], the transaction is rolled back.
@@ -30,17 +44,11 @@ impl OpenTx {
     }
 
     fn client(&self) -> Result<&Object, StoreError> {
-        self.client
-            .as_ref()
-            .ok_or_else(|| StoreError::Database("the upload's transaction has ended".into()))
+        self.client.as_ref().ok_or_else(ended)
     }
 
     async fn commit(mut self) -> Result<(), StoreError> {
-        let Some(client) = self.client.take() else {
-            return Err(StoreError::Database(
-                "the upload's transaction has ended".into(),
-            ));
-        };
+        let client = self.client.take().ok_or_else(ended)?;
         match client.batch_execute("COMMIT").await {
             Ok(()) => Ok(()),
             Err(e) => {
@@ -64,9 +72,16 @@ impl Drop for OpenTx {
     }
 }
 
-/// An upload being received, in its own transaction.
+fn ended() -> StoreError {
+    StoreError::Database("the upload's transaction has ended".into())
+}
+
+/// An upload being received: a COPY into its chunks, in its own transaction. The
+/// chunks stream to the server as they come; nothing waits for it until the end.
 pub struct PgUpload {
     store: PgStore,
+    /// Dropped before the transaction: an unfinished COPY is abandoned first.
+    copy: Option<Pin<Box<BinaryCopyInWriter>>>,
     tx: Option<OpenTx>,
     id: i64,
     /// Bytes not yet in a chunk row.
@@ -77,51 +92,47 @@ pub struct PgUpload {
 
 impl PgUpload {
     pub fn create(store: PgStore) -> Result<PgUpload, StoreError> {
-        let (tx, id) = store.run(async {
+        let (tx, id, copy) = store.run(async {
             let tx = OpenTx::begin(&store).await?;
-            let row = tx
-                .client()?
+            let client = tx.client()?;
+            let row = client
                 .query_one(
                     "INSERT INTO jobd.uploads (bytes, created_at) VALUES (0, $1) RETURNING id",
                     &[&(now_ms() as i64)],
                 )
                 .await?;
-            Ok::<_, StoreError>((tx, row.get::<_, i64>(0)))
+            let sink = client
+                .copy_in("COPY jobd.upload_chunks (upload_id, pos, data) FROM STDIN BINARY")
+                .await?;
+            let copy = Box::pin(BinaryCopyInWriter::new(sink, &CHUNK_TYPES));
+            Ok::<_, StoreError>((tx, row.get::<_, i64>(0), copy))
         })?;
         Ok(PgUpload {
             store,
+            copy: Some(copy),
             tx: Some(tx),
             id,
-            buf: Vec::with_capacity(CHUNK),
+            buf: Vec::with_capacity(4 * CHUNK),
             stored: 0,
         })
     }
 
-    /// Writes the buffered bytes as chunk rows: whole chunks only, unless `all`.
+    /// Sends the buffered bytes as chunk rows: whole chunks only, unless `all`.
     fn flush(&mut self, all: bool) -> Result<(), StoreError> {
-        let tx = self
-            .tx
-            .as_ref()
-            .ok_or_else(|| StoreError::Database("the upload's transaction has ended".into()))?;
+        let copy = self.copy.as_mut().ok_or_else(ended)?;
         let (id, buf, stored) = (self.id, &mut self.buf, &mut self.stored);
         self.store.run(async {
-            let client = tx.client()?;
-            let stmt = client
-                .prepare_cached(
-                    "INSERT INTO jobd.upload_chunks (upload_id, pos, data) VALUES ($1, $2, $3)",
-                )
-                .await?;
             let mut start = 0;
             while buf.len() - start >= CHUNK || (all && start < buf.len()) {
                 let end = (start + CHUNK).min(buf.len());
-                client
-                    .execute(&stmt, &[&id, &(*stored as i64), &&buf[start..end]])
+                copy.as_mut()
+                    .write(&[&id, &(*stored as i64), &&buf[start..end]])
                     .await?;
                 *stored += (end - start) as u64;
                 start = end;
             }
             buf.drain(..start);
-            Ok(())
+            Ok::<_, StoreError>(())
         })
     }
 }
@@ -141,12 +152,11 @@ impl Upload for PgUpload {
 
     fn create_job(mut self: Box<Self>, job: &NewJob<'_>) -> Result<JobRow, StoreError> {
         self.flush(true)?;
-        let tx = self
-            .tx
-            .take()
-            .ok_or_else(|| StoreError::Database("the upload's transaction has ended".into()))?;
+        let mut copy = self.copy.take().ok_or_else(ended)?;
+        let tx = self.tx.take().ok_or_else(ended)?;
         let (id, bytes) = (self.id, self.stored as i64);
         self.store.run(async move {
+            copy.as_mut().finish().await?;
             let client = tx.client()?;
             client
                 .execute(
@@ -161,6 +171,15 @@ impl Upload for PgUpload {
     }
 }
 
+impl Drop for PgUpload {
+    fn drop(&mut self) {
+        // An unfinished COPY fails when its writer goes; then the transaction
+        // rolls back (OpenTx).
+        self.copy = None;
+        self.tx = None;
+    }
+}
+
 /// What a [`ChunkReader`] reads: an upload's chunks or an output's.
 #[derive(Clone, Copy)]
 enum Blob {
@@ -169,6 +188,7 @@ enum Blob {
 }
 
 impl Blob {
+    /// The chunk holding byte `$2`.
     fn chunk_at_sql(self) -> &'static str {
         match self {
             Blob::Upload(_) => {
@@ -178,6 +198,20 @@ impl Blob {
             Blob::Output(_) => {
                 "SELECT pos, data FROM jobd.output_chunks WHERE job_seq = $1 AND pos <= $2
                  ORDER BY pos DESC LIMIT 1"
+            }
+        }
+    }
+
+    /// Chunks from byte `$2` on, in order, `$3` at most.
+    fn range_sql(self) -> &'static str {
+        match self {
+            Blob::Upload(_) => {
+                "SELECT pos, data FROM jobd.upload_chunks WHERE upload_id = $1 AND pos >= $2
+                 ORDER BY pos LIMIT $3"
+            }
+            Blob::Output(_) => {
+                "SELECT pos, data FROM jobd.output_chunks WHERE job_seq = $1 AND pos >= $2
+                 ORDER BY pos LIMIT $3"
             }
         }
     }
@@ -223,14 +257,12 @@ impl Input for UploadInput {
     }
 
     fn open_at(&self, offset: u64) -> Result<Box<dyn Reader>, StoreError> {
-        Ok(Box::new(ChunkReader {
-            store: self.store.clone(),
-            blob: Blob::Upload(self.id),
-            pos: offset,
-            end: self.len,
-            chunk: Vec::new(),
-            chunk_pos: 0,
-        }))
+        Ok(Box::new(ChunkReader::new(
+            &self.store,
+            Blob::Upload(self.id),
+            offset,
+            self.len,
+        )))
     }
 }
 
@@ -248,26 +280,94 @@ impl OutputReader {
                     .get(0),
             )
         })?;
-        Ok(ChunkReader {
-            store: store.clone(),
-            blob: Blob::Output(seq),
-            pos: 0,
-            end: len as u64,
-            chunk: Vec::new(),
-            chunk_pos: 0,
-        })
+        Ok(ChunkReader::new(store, Blob::Output(seq), 0, len as u64))
     }
 }
 
-/// Reads chunk rows in order from any offset, one row per round trip.
+type Chunks = Vec<(i64, Vec<u8>)>;
+
+/// Reads chunk rows in order from any offset, a range of them per round trip; the
+/// next range is on its way while this one is read.
 pub struct ChunkReader {
     store: PgStore,
     blob: Blob,
     pos: u64,
     end: u64,
-    /// The chunk holding `pos`, which starts at `chunk_pos`.
-    chunk: Vec<u8>,
-    chunk_pos: u64,
+    /// Chunks at and after `pos`, the first starting at `first_pos`.
+    chunks: VecDeque<(i64, Vec<u8>)>,
+    /// Where the chunks fetched so far end.
+    fetched_to: Option<u64>,
+    next: Option<JoinHandle<Result<Chunks, StoreError>>>,
+}
+
+impl ChunkReader {
+    fn new(store: &PgStore, blob: Blob, pos: u64, end: u64) -> ChunkReader {
+        ChunkReader {
+            store: store.clone(),
+            blob,
+            pos,
+            end,
+            chunks: VecDeque::new(),
+            fetched_to: None,
+            next: None,
+        }
+    }
+
+    /// Starts fetching the range after what was fetched.
+    fn prefetch(&mut self) {
+        let Some(from) = self.fetched_to.filter(|&f| f < self.end) else {
+            return;
+        };
+        let (store, blob) = (self.store.clone(), self.blob);
+        self.next = Some(self.store.inner.rt.spawn(async move {
+            let client = store.client().await?;
+            let stmt = client.prepare_cached(blob.range_sql()).await?;
+            let rows = client
+                .query(&stmt, &[&blob.key(), &(from as i64), &RANGE])
+                .await?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        }));
+    }
+
+    /// Makes the chunk holding `pos` the first, fetching as needed.
+    fn fill(&mut self) -> Result<(), StoreError> {
+        let corrupt = |pos: u64| StoreError::Corrupt(format!("no data at byte {pos}"));
+        loop {
+            while let Some((start, data)) = self.chunks.front() {
+                let (start, len) = (*start as u64, data.len() as u64);
+                if start > self.pos {
+                    return Err(corrupt(self.pos));
+                }
+                if start + len > self.pos {
+                    return Ok(());
+                }
+                self.chunks.pop_front();
+            }
+            let got: Chunks = match self.next.take() {
+                Some(handle) => self.store.run(async {
+                    handle
+                        .await
+                        .map_err(|e| StoreError::Database(format!("a read failed: {e}")))?
+                })?,
+                None => {
+                    // The first read, at any byte: from the chunk that holds it.
+                    let (blob, pos) = (self.blob, self.pos as i64);
+                    self.store.run(async {
+                        let client = self.store.client().await?;
+                        let stmt = client.prepare_cached(blob.chunk_at_sql()).await?;
+                        let rows = client.query(&stmt, &[&blob.key(), &pos]).await?;
+                        Ok::<_, StoreError>(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+                    })?
+                }
+            };
+            let Some((last, data)) = got.last() else {
+                return Err(corrupt(self.pos));
+            };
+            self.fetched_to = Some(*last as u64 + data.len() as u64);
+            self.chunks.extend(got);
+            self.prefetch();
+        }
+    }
 }
 
 impl Reader for ChunkReader {
@@ -275,50 +375,49 @@ impl Reader for ChunkReader {
         if self.pos >= self.end || buf.is_empty() {
             return Ok(0);
         }
-        let in_chunk =
-            self.pos >= self.chunk_pos && self.pos < self.chunk_pos + self.chunk.len() as u64;
-        if !in_chunk {
-            let (blob, pos) = (self.blob, self.pos as i64);
-            let (start, data) = self.store.run(async {
-                let client = self.store.client().await?;
-                let stmt = client.prepare_cached(blob.chunk_at_sql()).await?;
-                let row = client
-                    .query_opt(&stmt, &[&blob.key(), &pos])
-                    .await?
-                    .ok_or_else(|| StoreError::Corrupt(format!("no data at byte {pos}")))?;
-                Ok::<_, StoreError>((row.get::<_, i64>(0), row.get::<_, Vec<u8>>(1)))
-            })?;
-            if start as u64 > self.pos || start as u64 + data.len() as u64 <= self.pos {
-                return Err(StoreError::Corrupt(format!("no data at byte {pos}")));
-            }
-            self.chunk_pos = start as u64;
-            self.chunk = data;
-        }
-        let from = (self.pos - self.chunk_pos) as usize;
-        let avail = (self.chunk.len() - from).min((self.end - self.pos) as usize);
+        self.fill()?;
+        let Some((start, data)) = self.chunks.front() else {
+            return Ok(0);
+        };
+        let from = (self.pos - *start as u64) as usize;
+        let avail = (data.len() - from).min((self.end - self.pos) as usize);
         let n = avail.min(buf.len());
-        buf[..n].copy_from_slice(&self.chunk[from..from + n]);
+        buf[..n].copy_from_slice(&data[from..from + n]);
         self.pos += n as u64;
         Ok(n)
+    }
+}
+
+impl Drop for ChunkReader {
+    fn drop(&mut self) {
+        if let Some(next) = self.next.take() {
+            next.abort();
+        }
     }
 }
 
 /// Appends `bytes` to the job's output after its first `at` bytes, in the
 /// caller's transaction; returns the new length.
 pub async fn append_output(
-    c: &impl GenericClient,
+    tx: &deadpool_postgres::Transaction<'_>,
     seq: i64,
     at: u64,
     bytes: &[u8],
 ) -> Result<u64, StoreError> {
-    let stmt = c
-        .prepare_cached("INSERT INTO jobd.output_chunks (job_seq, pos, data) VALUES ($1, $2, $3)")
+    let sink = tx
+        .copy_in("COPY jobd.output_chunks (job_seq, pos, data) FROM STDIN BINARY")
         .await?;
+    let writer = BinaryCopyInWriter::new(sink, &CHUNK_TYPES);
+    futures_util::pin_mut!(writer);
     let mut pos = at;
     for chunk in bytes.chunks(CHUNK) {
-        c.execute(&stmt, &[&seq, &(pos as i64), &chunk]).await?;
+        writer
+            .as_mut()
+            .write(&[&seq, &(pos as i64), &chunk])
+            .await?;
         pos += chunk.len() as u64;
     }
+    writer.finish().await?;
     Ok(pos)
 }
 

@@ -5,11 +5,14 @@ use super::{blobs, jobs};
 use crate::store::{
     tally, Batch, Claim, CommitError, End, Progress, Seal, StoreError, StoredState,
 };
-use deadpool_postgres::{GenericClient, Object};
+use deadpool_postgres::{GenericClient, Object, Transaction};
+use futures_util::pin_mut;
 use jobd_protocol::JobState;
 use std::collections::HashSet;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::Type;
 
 pub async fn commit(
     client: &mut Object,
@@ -22,12 +25,12 @@ pub async fn commit(
     let tx = client.transaction().await.map_err(StoreError::from)?;
     // The job's row stays locked to the end: a new claim waits for this commit,
     // and this commit happens only if no new claim came first.
-    let (owner, output_len) = jobs::lock_claimed(&tx, seq, claim.epoch).await?;
-    insert_blocks(&tx, seq, batch).await?;
+    let job = jobs::lock_claimed(&tx, seq, claim.epoch).await?;
+    let records = insert_blocks(&tx, seq, job.records, batch).await?;
     if interrupt.load(Ordering::Relaxed) {
         return Err(CommitError::Interrupted);
     }
-    let conflicts = insert_teams(&tx, seq, &owner, batch).await?;
+    let conflicts = insert_teams(&tx, seq, &job.owner, batch).await?;
     let progress = tally(batch, &conflicts, seal)?;
     let errors: Vec<_> = batch
         .rejects()
@@ -59,12 +62,12 @@ pub async fn commit(
     let output_len = if batch.output().is_empty() {
         None
     } else {
-        Some(blobs::append_output(&tx, seq, output_len as u64, batch.output()).await? as i64)
+        Some(blobs::append_output(&tx, seq, job.output_len as u64, batch.output()).await? as i64)
     };
     let stmt = tx
         .prepare_cached(
             "UPDATE jobd.jobs SET processed = $2, failed = $3, total = $4, cursor = $5,
-                 updated_at = $6, output_len = COALESCE($7, output_len)
+                 updated_at = $6, output_len = COALESCE($7, output_len), records = $8
              WHERE seq = $1",
         )
         .await
@@ -79,6 +82,7 @@ pub async fn commit(
             &seal.cursor,
             &(crate::store::now_ms() as i64),
             &output_len,
+            &records,
         ],
     )
     .await
@@ -102,49 +106,64 @@ pub async fn commit(
     Ok(progress)
 }
 
-/// The batch's records (sorted by date) as one block per date, numbered after the
-/// job's records so far: a batch redone after a crash gets the same numbers.
-async fn insert_blocks(tx: &impl GenericClient, seq: i64, batch: &Batch) -> Result<(), StoreError> {
+/// Text in a block at most (plus one record): PostgreSQL moves a row over ~2 KiB
+/// out of line (TOAST), which costs a second table and index per block.
+const BLOCK_TEXT: usize = 1800;
+
+/// The batch's records (sorted by date) in blocks of their date, numbered after
+/// the job's `stored` records so far (a batch redone after a crash gets the same
+/// numbers), written with COPY; returns the job's records after them.
+async fn insert_blocks(
+    tx: &Transaction<'_>,
+    seq: i64,
+    stored: i64,
+    batch: &Batch,
+) -> Result<i64, StoreError> {
     let records = batch.records();
     if records.is_empty() {
-        return Ok(());
+        return Ok(stored);
     }
-    let stmt = tx
-        .prepare_cached(
-            "SELECT COALESCE(MAX(first + count - 1), 0) FROM jobd.baseline_blocks WHERE job_seq = $1",
-        )
-        .await?;
-    let stored: i64 = tx.query_one(&stmt, &[&seq]).await?.get(0);
-    let (mut days, mut firsts, mut counts, mut blocks) = (vec![], vec![], vec![], vec![]);
-    let mut start = 0;
-    for (i, r) in records.iter().enumerate() {
-        if records.get(i + 1).is_none_or(|n| n.day != r.day) {
-            let group = &records[start..=i];
-            let mut text =
-                String::with_capacity(group.iter().map(|r| batch.data(r).len() + 12).sum());
-            for r in group {
-                let _ = writeln!(text, "{}\t{}", r.row, batch.data(r));
-            }
-            days.push(
-                i32::try_from(r.day)
-                    .map_err(|_| StoreError::Corrupt(format!("date {} out of range", r.day)))?,
-            );
-            firsts.push(stored + 1 + start as i64);
-            counts.push(group.len() as i32);
-            blocks.push(text);
-            start = i + 1;
+    let mut days: Vec<i32> = Vec::new();
+    for r in records {
+        let day = i32::try_from(r.day)
+            .map_err(|_| StoreError::Corrupt(format!("date {} out of range", r.day)))?;
+        if days.last() != Some(&day) {
+            days.push(day);
         }
     }
-    let stmt = tx
-        .prepare_cached(
-            "INSERT INTO jobd.baseline_blocks (day, job_seq, first, count, records)
-             SELECT d, $1, f, c, r FROM unnest($2::int4[], $3::int8[], $4::int4[], $5::text[])
-                 AS t(d, f, c, r)",
+    tx.execute(
+        "INSERT INTO jobd.baseline_days (day, job_seq) SELECT d, $2 FROM unnest($1::int4[]) AS d
+         ON CONFLICT DO NOTHING",
+        &[&days, &seq],
+    )
+    .await?;
+    let sink = tx
+        .copy_in(
+            "COPY jobd.baseline_blocks (job_seq, day, first, count, records) FROM STDIN BINARY",
         )
         .await?;
-    tx.execute(&stmt, &[&seq, &days, &firsts, &counts, &blocks])
-        .await?;
-    Ok(())
+    let types = [Type::INT8, Type::INT4, Type::INT8, Type::INT4, Type::TEXT];
+    let writer = BinaryCopyInWriter::new(sink, &types);
+    pin_mut!(writer);
+    let mut text = String::with_capacity(2 * BLOCK_TEXT);
+    let (mut first, mut count) = (stored + 1, 0i32);
+    for (i, r) in records.iter().enumerate() {
+        let _ = writeln!(text, "{}\t{}", r.row, batch.data(r));
+        count += 1;
+        let next_day = records.get(i + 1).map(|n| n.day);
+        if text.len() >= BLOCK_TEXT || next_day != Some(r.day) {
+            let day = r.day as i32;
+            writer
+                .as_mut()
+                .write(&[&seq, &day, &first, &count, &text])
+                .await?;
+            first += i64::from(count);
+            count = 0;
+            text.clear();
+        }
+    }
+    writer.finish().await?;
+    Ok(first - 1)
 }
 
 /// Creates the batch's teams; returns those refused (their name exists, or came
@@ -199,6 +218,7 @@ pub async fn terminate(client: &mut Object, seq: i64) -> Result<(), StoreError> 
     let tx = client.transaction().await?;
     for sql in [
         "DELETE FROM jobd.baseline_blocks WHERE job_seq = $1",
+        "DELETE FROM jobd.baseline_days WHERE job_seq = $1",
         "DELETE FROM jobd.baseline_columns WHERE job_seq = $1",
         "DELETE FROM jobd.teams WHERE job_seq = $1",
         "DELETE FROM jobd.row_errors WHERE job_seq = $1",

@@ -6,8 +6,8 @@ use crate::store::{Day, DayQuery, DayRecord, ExportPlan, Owner, RecordKey, Store
 use deadpool_postgres::GenericClient;
 use std::collections::HashSet;
 
-/// Blocks read per call; a block holds up to one batch's records of a date.
-const BLOCKS: i64 = 8;
+/// Blocks read per query (a block holds about 20 records).
+const BLOCKS: i64 = 256;
 
 pub async fn plan(
     c: &impl GenericClient,
@@ -25,11 +25,11 @@ pub async fn plan(
     let rows = c
         .query(
             "SELECT c.columns FROM
-                (SELECT b.job_seq, MIN(b.day) AS first FROM jobd.baseline_blocks b
-                   JOIN jobd.jobs j ON j.seq = b.job_seq
-                  WHERE b.day BETWEEN $2 AND $3 AND j.owner = $1
+                (SELECT d.job_seq, MIN(d.day) AS first FROM jobd.baseline_days d
+                   JOIN jobd.jobs j ON j.seq = d.job_seq
+                  WHERE d.day BETWEEN $2 AND $3 AND j.owner = $1
                     AND j.state = 'completed' AND j.finished_seq <= $4
-                  GROUP BY b.job_seq) AS x
+                  GROUP BY d.job_seq) AS x
              JOIN jobd.baseline_columns c ON c.job_seq = x.job_seq
              ORDER BY x.first, x.job_seq",
             &[&owner.name, &day(from)?, &day(to)?, &snapshot],
@@ -58,9 +58,10 @@ pub async fn day_records(
     });
     let stmt = c
         .prepare_cached(
-            "SELECT b.job_seq, b.first, b.records FROM jobd.baseline_blocks b
-               JOIN jobd.jobs j ON j.seq = b.job_seq
-              WHERE b.day = $1 AND j.owner = $2
+            "SELECT b.job_seq, b.first, b.records FROM jobd.baseline_days d
+               JOIN jobd.jobs j ON j.seq = d.job_seq
+               JOIN jobd.baseline_blocks b ON b.job_seq = d.job_seq AND b.day = d.day
+              WHERE d.day = $1 AND j.owner = $2
                 AND j.state = 'completed' AND j.finished_seq <= $3
                 AND (b.job_seq, b.first + b.count - 1) > ($4, $5)
               ORDER BY b.job_seq, b.first LIMIT $6",

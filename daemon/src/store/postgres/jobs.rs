@@ -106,24 +106,37 @@ pub async fn claim(c: &impl GenericClient, seq: i64) -> Result<(JobRow, i64), St
     Ok((job_of(&row)?, row.try_get(15)?))
 }
 
+/// What a commit needs of its job's row.
+pub struct Locked {
+    pub owner: String,
+    pub output_len: i64,
+    pub records: i64,
+}
+
 /// Locks the job's row for the caller's transaction and checks that `epoch` is
-/// still its claim; returns the job's owner and committed output length.
+/// still its claim.
 pub async fn lock_claimed(
     c: &impl GenericClient,
     seq: i64,
     epoch: i64,
-) -> Result<(String, i64), StoreError> {
+) -> Result<Locked, StoreError> {
     let stmt = c
-        .prepare_cached("SELECT owner, output_len, epoch FROM jobd.jobs WHERE seq = $1 FOR UPDATE")
+        .prepare_cached(
+            "SELECT owner, output_len, records, epoch FROM jobd.jobs WHERE seq = $1 FOR UPDATE",
+        )
         .await?;
     let row = c
         .query_opt(&stmt, &[&seq])
         .await?
         .ok_or_else(|| StoreError::Corrupt(format!("job {seq} vanished")))?;
-    if row.try_get::<_, i64>(2)? != epoch {
+    if row.try_get::<_, i64>(3)? != epoch {
         return Err(StoreError::Fenced(seq));
     }
-    Ok((row.try_get(0)?, row.try_get(1)?))
+    Ok(Locked {
+        owner: row.try_get(0)?,
+        output_len: row.try_get(1)?,
+        records: row.try_get(2)?,
+    })
 }
 
 /// Takes the next completion number: under the counter row's lock, held until

@@ -2,11 +2,12 @@
 //! one transaction (DDL is transactional here: never half a schema), under an
 //! advisory lock so that nodes starting together do it once.
 //!
-//! Baseline records are kept in blocks: the records of one (batch, date) of a job
-//! are one row, their ordinals `first ..= first + count - 1` in row order, each
-//! record a line `row<TAB>json` (JSON never holds a raw tab or newline). An ingest
-//! writes a few rows per batch instead of one per record, and an export reads a
-//! date as a few rows.
+//! Baseline records are kept in blocks: a few records of one (batch, date) of a job
+//! per row, their ordinals `first ..= first + count - 1` in row order, each record a
+//! line `row<TAB>json` (JSON never holds a raw tab or newline). Blocks stay under
+//! the size PostgreSQL would move out of line (TOAST), and an ingest writes them
+//! with COPY: a row per ~20 records instead of one per record, and an export reads
+//! a date as a range of its jobs' blocks.
 
 use crate::store::StoreError;
 use tokio_postgres as pg;
@@ -43,6 +44,8 @@ CREATE TABLE jobd.jobs (
     cursor       text,
     finished_seq bigint,
     output_len   bigint NOT NULL DEFAULT 0,
+    -- Baseline records committed so far: the next one's ordinal follows.
+    records      bigint NOT NULL DEFAULT 0,
     -- Raised by every claim of the job by a worker; commits check it (fencing).
     epoch        bigint NOT NULL DEFAULT 0
 );
@@ -67,7 +70,6 @@ CREATE TABLE jobd.upload_chunks (
     data      bytea  NOT NULL,
     PRIMARY KEY (upload_id, pos)
 );
-ALTER TABLE jobd.upload_chunks ALTER COLUMN data SET STORAGE EXTERNAL;
 
 CREATE TABLE jobd.output_chunks (
     job_seq bigint NOT NULL,
@@ -75,18 +77,23 @@ CREATE TABLE jobd.output_chunks (
     data    bytea  NOT NULL,
     PRIMARY KEY (job_seq, pos)
 );
-ALTER TABLE jobd.output_chunks ALTER COLUMN data SET STORAGE EXTERNAL;
 
 CREATE TABLE jobd.baseline_blocks (
-    day     integer NOT NULL,
     job_seq bigint  NOT NULL,
+    day     integer NOT NULL,
     first   bigint  NOT NULL,
     count   integer NOT NULL,
     records text    NOT NULL,
-    PRIMARY KEY (day, job_seq, first)
+    PRIMARY KEY (job_seq, day, first)
 );
-CREATE INDEX baseline_blocks_by_job ON jobd.baseline_blocks (job_seq);
-ALTER TABLE jobd.baseline_blocks ALTER COLUMN records SET STORAGE EXTERNAL;
+
+-- Which jobs hold records of a date, for exports to find them by date.
+CREATE TABLE jobd.baseline_days (
+    day     integer NOT NULL,
+    job_seq bigint  NOT NULL,
+    PRIMARY KEY (day, job_seq)
+);
+CREATE INDEX baseline_days_by_job ON jobd.baseline_days (job_seq);
 
 CREATE TABLE jobd.baseline_columns (
     job_seq bigint PRIMARY KEY,
