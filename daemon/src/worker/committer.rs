@@ -24,7 +24,13 @@ pub struct SealedBatch {
 pub type Answer = (Batch, Result<Progress, CommitError>);
 
 impl SealedBatch {
-    fn commit(mut self, store: &dyn Store, claim: &Claim, interrupt: &AtomicBool) -> Answer {
+    /// Commits; `interrupt`, when given, cuts a long commit short.
+    fn commit(
+        mut self,
+        store: &dyn Store,
+        claim: &Claim,
+        interrupt: Option<&AtomicBool>,
+    ) -> Answer {
         let seal = Seal {
             before: self.before,
             total: self.total,
@@ -32,7 +38,8 @@ impl SealedBatch {
             end: self.completes.then_some(End::Completed),
             max_failed: self.max_failed,
         };
-        let r = store.commit(claim, &mut self.batch, &seal, interrupt);
+        let never = AtomicBool::new(false);
+        let r = store.commit(claim, &mut self.batch, &seal, interrupt.unwrap_or(&never));
         if r.is_ok() {
             self.batch.clear();
         }
@@ -41,7 +48,7 @@ impl SealedBatch {
 }
 
 struct Thread {
-    tx: Sender<SealedBatch>,
+    tx: Sender<(SealedBatch, bool)>,
     rx: Receiver<Answer>,
     handle: JoinHandle<()>,
 }
@@ -56,6 +63,8 @@ pub struct Committer {
     interrupt: Arc<AtomicBool>,
     /// A batch handed over and not waited for yet.
     busy: bool,
+    /// Batches handed over so far.
+    sent: u64,
     /// What a commit made without a thread answered.
     answer: Option<Answer>,
 }
@@ -67,14 +76,15 @@ impl Committer {
         interrupt: &Arc<AtomicBool>,
         seq: i64,
     ) -> Committer {
-        let (tx, jobs) = channel::<SealedBatch>();
+        let (tx, jobs) = channel::<(SealedBatch, bool)>();
         let (answers, rx) = channel();
         let (s, i) = (Arc::clone(store), Arc::clone(interrupt));
         let thread = std::thread::Builder::new()
             .name(format!("jobd-commit-{seq}"))
             .spawn(move || {
-                for job in jobs {
-                    if answers.send(job.commit(&*s, &claim, &i)).is_err() {
+                for (job, interruptible) in jobs {
+                    let answer = job.commit(&*s, &claim, interruptible.then_some(&*i));
+                    if answers.send(answer).is_err() {
                         return;
                     }
                 }
@@ -88,6 +98,7 @@ impl Committer {
             claim,
             interrupt: Arc::clone(interrupt),
             busy: false,
+            sent: 0,
             answer: None,
         }
     }
@@ -96,18 +107,24 @@ impl Committer {
         self.busy
     }
 
-    /// Hands a batch over; the one before must have been waited for.
+    /// Hands a batch over; the one before must have been waited for. A control
+    /// cuts a commit short, except the first of a worker's run: that one (small:
+    /// see the worker's first batch age) always commits, so that a job stopped
+    /// soon after every start still advances.
     pub fn send(&mut self, job: SealedBatch) {
         debug_assert!(!self.busy, "one batch in flight at a time");
         self.busy = true;
+        let interruptible = self.sent > 0;
+        self.sent += 1;
         let job = match &self.thread {
-            Some(t) => match t.tx.send(job) {
+            Some(t) => match t.tx.send((job, interruptible)) {
                 Ok(()) => return,
-                Err(e) => e.0,
+                Err(e) => e.0 .0,
             },
             None => job,
         };
-        self.answer = Some(job.commit(&*self.store, &self.claim, &self.interrupt));
+        let interrupt = interruptible.then_some(&*self.interrupt);
+        self.answer = Some(job.commit(&*self.store, &self.claim, interrupt));
     }
 
     /// The answer for the batch handed over.

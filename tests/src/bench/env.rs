@@ -2,6 +2,7 @@
 //! real daemons on it, and the clean-up that runs on exit, panic or signal.
 
 use super::data::{write_csv, CsvFile};
+use super::stats::Measure;
 use anyhow::{anyhow, bail, Context, Result};
 use jobd_protocol::Client;
 use nix::sys::signal::{kill, Signal};
@@ -94,6 +95,8 @@ pub struct Bins {
     pub jobctl: PathBuf,
     pub jobd_http: PathBuf,
     pub sqlite3: Option<PathBuf>,
+    /// `psql`, for the PostgreSQL ingest reference (`\copy`).
+    pub psql: Option<PathBuf>,
     pub wrk: Option<PathBuf>,
     /// Builds the Gin reference of the `http` scenario (with Debian's Gin sources).
     pub go: Option<PathBuf>,
@@ -112,6 +115,10 @@ pub struct Env {
     pub store: Mutex<Option<(Jobd, usize)>>,
     /// Whether `many-jobs` should hand its last store on.
     pub keep_store: bool,
+    /// The PostgreSQL server of the `pg-` scenarios (a URL without a database).
+    pub pg: String,
+    /// Set while a `pg-` scenario runs: daemons get a fresh database of `pg`.
+    on_pg: std::sync::atomic::AtomicBool,
 }
 
 static CLEANUP: Mutex<Option<Cleanup>> = Mutex::new(None);
@@ -119,6 +126,8 @@ static CLEANUP: Mutex<Option<Cleanup>> = Mutex::new(None);
 #[derive(Default)]
 struct Cleanup {
     pids: HashSet<u32>,
+    /// Databases made on the PostgreSQL server: (server URL, name).
+    dbs: HashSet<(String, String)>,
     root: Option<PathBuf>,
     keep: bool,
 }
@@ -138,6 +147,9 @@ pub fn cleanup_all() {
         // Reap them, so that no daemon still writes while the directory is removed.
         for &pid in &pids {
             let _ = nix::sys::wait::waitpid(pid, None);
+        }
+        for (server, name) in c.dbs.drain() {
+            drop_database(&server, &name);
         }
         if let Some(root) = c.root.take() {
             if !c.keep {
@@ -204,6 +216,7 @@ impl Env {
         tmp: Option<PathBuf>,
         keep: bool,
         keep_store: bool,
+        pg: String,
     ) -> Result<Env> {
         let base = tmp.unwrap_or_else(std::env::temp_dir);
         let root = tempfile::Builder::new()
@@ -223,6 +236,50 @@ impl Env {
             ingest: Mutex::new(None),
             store: Mutex::new(None),
             keep_store,
+            pg,
+            on_pg: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Runs `f` with every daemon it starts on a fresh PostgreSQL database, and
+    /// names its measures `scenario`.
+    pub fn on_postgres(
+        &self,
+        scenario: &str,
+        f: impl FnOnce(&Env) -> Result<Vec<Measure>>,
+    ) -> Result<Vec<Measure>> {
+        postgres::Client::connect(&format!("{}/postgres", self.pg), postgres::NoTls)
+            .map_err(|e| anyhow!("PostgreSQL at {}: {e}", self.pg))?;
+        self.on_pg.store(true, Ordering::SeqCst);
+        let r = f(self);
+        self.on_pg.store(false, Ordering::SeqCst);
+        let mut measures = r?;
+        for m in &mut measures {
+            m.scenario = scenario.to_string();
+        }
+        Ok(measures)
+    }
+
+    /// Whether a `pg-` scenario is running.
+    pub fn is_postgres(&self) -> bool {
+        self.on_pg.load(Ordering::SeqCst)
+    }
+
+    /// A fresh, empty database on the PostgreSQL server; dropped with the guard.
+    pub fn fresh_database(&self, name: &str) -> Result<Database> {
+        let n = self.next_dir.fetch_add(1, Ordering::Relaxed);
+        let db = format!(
+            "jobd_bench_{}_{n}_{}",
+            std::process::id(),
+            name.replace('-', "_")
+        );
+        let mut c = postgres::Client::connect(&format!("{}/postgres", self.pg), postgres::NoTls)
+            .map_err(|e| anyhow!("PostgreSQL at {}: {e}", self.pg))?;
+        c.batch_execute(&format!("CREATE DATABASE {db}"))?;
+        with_cleanup(|c| c.dbs.insert((self.pg.clone(), db.clone())));
+        Ok(Database {
+            server: self.pg.clone(),
+            name: db,
         })
     }
 
@@ -254,10 +311,17 @@ impl Env {
         Ok(dir)
     }
 
-    /// Starts a daemon on a fresh directory and waits until it answers a ping.
+    /// Starts a daemon on a fresh directory (and, in a `pg-` scenario, a fresh
+    /// database) and waits until it answers a ping.
     pub fn daemon(&self, name: &str, extra: &[&str]) -> Result<Jobd> {
         let dir = self.fresh_dir(name)?;
+        let db = if self.on_pg.load(Ordering::SeqCst) {
+            Some(self.fresh_database(name)?)
+        } else {
+            None
+        };
         let mut d = Jobd {
+            db,
             socket: dir.join("run").join("jobd.sock"),
             state_dir: dir.join("state"),
             dir,
@@ -285,6 +349,8 @@ pub fn block_on<F: Future>(f: F) -> F::Output {
 /// One real `jobd` on `DIR/run/jobd.sock` and `DIR/state`; dropping it kills the
 /// daemon and removes the directory.
 pub struct Jobd {
+    /// The daemon's database, dropped after it.
+    pub db: Option<Database>,
     pub dir: PathBuf,
     pub socket: PathBuf,
     pub state_dir: PathBuf,
@@ -316,7 +382,13 @@ impl Jobd {
             .arg("--state-dir")
             .arg(&self.state_dir)
             .args(&self.extra)
+            .args(
+                self.db
+                    .iter()
+                    .flat_map(|db| ["--store".to_string(), db.url()]),
+            )
             .env_remove("JOBD_SOCKET")
+            .env_remove("JOBD_STORE")
             .env_remove("JOBD_STATE_DIR")
             .env_remove("JOBD_CONFIG")
             .env_remove("JOBD_LOG")
@@ -450,6 +522,31 @@ impl Jobd {
 
     pub fn jobctl_path(&self) -> &Path {
         &self.jobctl
+    }
+}
+
+/// A database of the benchmark's own on the PostgreSQL server.
+pub struct Database {
+    server: String,
+    pub name: String,
+}
+
+impl Database {
+    pub fn url(&self) -> String {
+        format!("{}/{}", self.server, self.name)
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        drop_database(&self.server, &self.name);
+        with_cleanup(|c| c.dbs.remove(&(self.server.clone(), self.name.clone())));
+    }
+}
+
+fn drop_database(server: &str, name: &str) {
+    if let Ok(mut c) = postgres::Client::connect(&format!("{server}/postgres"), postgres::NoTls) {
+        let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
     }
 }
 

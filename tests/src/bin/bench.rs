@@ -43,6 +43,8 @@ options:
   --no-build        do not run cargo build (use the binaries next to this one)
   --bin-dir DIR     use jobd, jobctl and jobd-http from DIR (implies --no-build)
   --tmp DIR         where the temporary directory goes (default $TMPDIR or /tmp)
+  --pg URL          PostgreSQL server of the pg- scenarios, without a database
+                    (default $JOBD_BENCH_PG, else postgres://postgres@127.0.0.1:5432)
   --keep            keep the temporary directory
   --markdown        print the table as Markdown too
   --list            list the scenarios and exit
@@ -58,6 +60,7 @@ struct Opts {
     keep: bool,
     markdown: bool,
     quick: bool,
+    pg: String,
 }
 
 fn parse(args: &[String]) -> Result<Opts> {
@@ -73,6 +76,10 @@ fn parse(args: &[String]) -> Result<Opts> {
         keep: false,
         markdown: false,
         quick,
+        pg: std::env::var("JOBD_BENCH_PG")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432".into()),
     };
     let mut it = args.iter();
     fn num<T: std::str::FromStr>(flag: &str, v: Option<&String>) -> Result<T> {
@@ -113,6 +120,13 @@ fn parse(args: &[String]) -> Result<Opts> {
                 ))
             }
             "--keep" => o.keep = true,
+            "--pg" => {
+                o.pg = it
+                    .next()
+                    .ok_or_else(|| anyhow!("--pg needs a value"))?
+                    .trim_end_matches('/')
+                    .to_string()
+            }
             "--markdown" => o.markdown = true,
             "--list" => {
                 for s in ALL {
@@ -215,6 +229,7 @@ fn locate(o: &Opts) -> Result<Bins> {
         jobctl: dir.join("jobctl"),
         jobd_http: dir.join("jobd-http"),
         sqlite3: find_in_path("sqlite3"),
+        psql: find_in_path("psql"),
         wrk: find_in_path("wrk"),
         go: find_in_path("go"),
     };
@@ -287,12 +302,27 @@ fn gen_main(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The server's version, for the header.
+fn pg_version(server: &str) -> String {
+    postgres::Client::connect(&format!("{server}/postgres"), postgres::NoTls)
+        .and_then(|mut c| c.query_one("SHOW server_version", &[]))
+        .map(|r| format!("PostgreSQL {}", r.get::<_, String>(0)))
+        .unwrap_or_else(|e| format!("not reachable: {e}"))
+}
+
 fn run(args: &[String]) -> Result<i32> {
     let o = parse(args)?;
     let bins = locate(&o)?;
     let names: Vec<&str> = o.scenarios.iter().map(|s| s.name).collect();
     let keep_store = names.contains(&"many-jobs") && names.contains(&"restart");
-    let env = Env::new(o.sizes.clone(), bins, o.tmp.clone(), o.keep, keep_store)?;
+    let env = Env::new(
+        o.sizes.clone(),
+        bins,
+        o.tmp.clone(),
+        o.keep,
+        keep_store,
+        o.pg.clone(),
+    )?;
     let mut header = String::new();
     header.push_str(&format!("machine: {}\n", machine()));
     header.push_str(&format!("commit:  {}\n", git_rev()));
@@ -325,6 +355,9 @@ fn run(args: &[String]) -> Result<i32> {
             })
             .unwrap_or_else(|| "not found".into())
     ));
+    if names.iter().any(|n| n.starts_with("pg-")) {
+        header.push_str(&format!("pg:      {} ({})\n", env.pg, pg_version(&env.pg)));
+    }
     header.push_str(&format!("tmp:     {}\n", env.root.display()));
     eprint!("{header}");
     let mut all: Vec<Measure> = Vec::new();

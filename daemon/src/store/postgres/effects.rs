@@ -11,26 +11,68 @@ use jobd_protocol::JobState;
 use std::collections::HashSet;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::Type;
 
+/// Commits the batch with the job's counts and cursor. A control raising
+/// `interrupt` while the statements run cancels the one running (the connection
+/// then leaves the pool: a cancel that comes late must not hit someone else's
+/// query); once they are done, nothing stops the commit.
 pub async fn commit(
-    client: &mut Object,
+    mut client: Object,
     claim: &Claim,
     batch: &Batch,
     seal: &Seal<'_>,
     interrupt: &AtomicBool,
 ) -> Result<Progress, CommitError> {
-    let seq = claim.seq;
+    let cancel = client.cancel_token();
     let tx = client.transaction().await.map_err(StoreError::from)?;
+    let applied = {
+        let work = apply(&tx, claim, batch, seal);
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                r = &mut work => break r,
+                _ = tokio::time::sleep(INTERRUPT_POLL) => {
+                    if interrupt.load(Ordering::Relaxed) {
+                        break Err(CommitError::Interrupted);
+                    }
+                }
+            }
+        }
+    };
+    match applied {
+        Ok(progress) => {
+            tx.commit().await.map_err(StoreError::from)?;
+            Ok(progress)
+        }
+        Err(CommitError::Interrupted) => {
+            drop(tx);
+            let _ = cancel.cancel_query(tokio_postgres::NoTls).await;
+            let _ = Object::take(client);
+            Err(CommitError::Interrupted)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// How often a running commit looks at its interrupt flag.
+const INTERRUPT_POLL: Duration = Duration::from_millis(2);
+
+/// The batch's statements, in the caller's transaction.
+async fn apply(
+    tx: &Transaction<'_>,
+    claim: &Claim,
+    batch: &Batch,
+    seal: &Seal<'_>,
+) -> Result<Progress, CommitError> {
+    let seq = claim.seq;
     // The job's row stays locked to the end: a new claim waits for this commit,
     // and this commit happens only if no new claim came first.
-    let job = jobs::lock_claimed(&tx, seq, claim.epoch).await?;
-    let records = insert_blocks(&tx, seq, job.records, batch).await?;
-    if interrupt.load(Ordering::Relaxed) {
-        return Err(CommitError::Interrupted);
-    }
-    let conflicts = insert_teams(&tx, seq, &job.owner, batch).await?;
+    let job = jobs::lock_claimed(tx, seq, claim.epoch).await?;
+    let records = insert_blocks(tx, seq, job.records, batch).await?;
+    let conflicts = insert_teams(tx, seq, &job.owner, batch).await?;
     let progress = tally(batch, &conflicts, seal)?;
     let errors: Vec<_> = batch
         .rejects()
@@ -62,7 +104,7 @@ pub async fn commit(
     let output_len = if batch.output().is_empty() {
         None
     } else {
-        Some(blobs::append_output(&tx, seq, job.output_len as u64, batch.output()).await? as i64)
+        Some(blobs::append_output(tx, seq, job.output_len as u64, batch.output()).await? as i64)
     };
     let stmt = tx
         .prepare_cached(
@@ -89,11 +131,11 @@ pub async fn commit(
     .map_err(StoreError::from)?;
     match seal.end {
         Some(End::Completed) => {
-            jobs::set_state(&tx, seq, StoredState::Public(JobState::Completed), None).await?
+            jobs::set_state(tx, seq, StoredState::Public(JobState::Completed), None).await?
         }
         Some(End::Failed(message)) => {
             jobs::set_state(
-                &tx,
+                tx,
                 seq,
                 StoredState::Public(JobState::Failed),
                 Some(message),
@@ -102,7 +144,6 @@ pub async fn commit(
         }
         None => {}
     }
-    tx.commit().await.map_err(StoreError::from)?;
     Ok(progress)
 }
 

@@ -337,8 +337,8 @@ impl Store for PgStore {
     ) -> Result<Progress, CommitError> {
         batch.sort_records_by_day();
         self.run(async {
-            let mut client = self.client().await?;
-            effects::commit(&mut client, claim, batch, seal, interrupt).await
+            let client = self.client().await?;
+            effects::commit(client, claim, batch, seal, interrupt).await
         })
     }
 

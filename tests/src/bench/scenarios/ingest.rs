@@ -162,6 +162,116 @@ fn ingest_sqlite(
     Ok(dt)
 }
 
+const PGI: &str = "pg-ingest";
+
+/// The PostgreSQL store: `jobctl upload --wait` of the ingest CSV against `psql
+/// \copy` of the same file into a fresh table (a text column per CSV column) of a
+/// fresh database on the same server.
+pub fn pg_ingest(env: &Env) -> Result<Vec<Measure>> {
+    let psql = env.bins.psql.clone().ok_or_else(|| {
+        anyhow!("psql not found (apt-get install postgresql-client): it is the reference")
+    })?;
+    let (file, info) = env.ingest_file()?;
+    let mb = info.bytes as f64 / 1e6;
+    let mut wall = Measure::new(
+        PGI,
+        &format!(
+            "{}k rows, {mb:.0} MB: upload --wait (ref psql \\copy)",
+            info.rows / 1000
+        ),
+        Unit::Seconds,
+        Some(Target::RatioAtMost(1.0)),
+    );
+    let mut spool = Measure::new(
+        PGI,
+        "  upload into the database, until the job exists (info)",
+        Unit::Seconds,
+        None,
+    );
+    let mut running = Measure::new(
+        PGI,
+        "  job run, created → completed (info)",
+        Unit::Seconds,
+        None,
+    );
+    env.on_postgres(PGI, |env| {
+        for run in 0..env.sizes.runs {
+            let (j, c) = if run % 2 == 0 {
+                let j = ingest_jobd(env, &file, info.rows)?;
+                (j, ingest_psql(env, &psql, &file, info.rows, run == 0)?)
+            } else {
+                let c = ingest_psql(env, &psql, &file, info.rows, false)?;
+                (ingest_jobd(env, &file, info.rows)?, c)
+            };
+            progress(
+                PGI,
+                format!(
+                    "run {}/{}: jobd {:.2} s (upload {:.2} s + run {:.2} s), psql \\copy {:.2} s, ratio {:.2}",
+                    run + 1,
+                    env.sizes.runs,
+                    secs(j.wall),
+                    j.spool,
+                    j.run,
+                    secs(c),
+                    secs(j.wall) / secs(c)
+                ),
+            );
+            wall.push_with_ref(secs(j.wall), secs(c));
+            spool.push(j.spool);
+            running.push(j.run);
+        }
+        Ok(vec![wall, spool, running])
+    })
+}
+
+/// `psql URL -c 'CREATE TABLE t (...)' -c '\copy t FROM FILE (csv, header)'` on a
+/// fresh database; the first run also checks the row count.
+fn ingest_psql(env: &Env, psql: &Path, file: &Path, rows: u64, check: bool) -> Result<Duration> {
+    let header = {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(fs::File::open(file)?).read_line(&mut line)?;
+        line
+    };
+    let columns: Vec<String> = header
+        .trim_end()
+        .split(',')
+        .map(|c| format!("\"{c}\" text"))
+        .collect();
+    let db = env.fresh_database("copy")?;
+    let t = Instant::now();
+    let out = Command::new(psql)
+        .arg(db.url())
+        .args(["-q", "-v", "ON_ERROR_STOP=1", "-c"])
+        .arg(format!("CREATE TABLE t ({})", columns.join(", ")))
+        .arg("-c")
+        .arg(format!(
+            "\\copy t FROM '{}' WITH (FORMAT csv, HEADER true)",
+            file.display()
+        ))
+        .stdin(Stdio::null())
+        .output()?;
+    let dt = t.elapsed();
+    if !out.status.success() {
+        bail!(
+            "psql \\copy failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    if check {
+        let out = Command::new(psql)
+            .arg(db.url())
+            .args(["-At", "-c", "SELECT count(*) FROM t"])
+            .output()?;
+        let n: u64 = String::from_utf8_lossy(&out.stdout).trim().parse()?;
+        if n != rows {
+            bail!("psql \\copy imported {n} rows, expected {rows}");
+        }
+    }
+    Ok(dt)
+}
+
 const M: &str = "memory";
 
 /// Removes the big file whatever happens.

@@ -337,6 +337,11 @@ pub fn paused(env: &Env) -> Result<Vec<Measure>> {
 
 const MJ: &str = "many-jobs";
 
+/// The same on the PostgreSQL store.
+pub fn pg_many_jobs(env: &Env) -> Result<Vec<Measure>> {
+    env.on_postgres("pg-many-jobs", many_jobs)
+}
+
 pub fn many_jobs(env: &Env) -> Result<Vec<Measure>> {
     let n = env.sizes.many_jobs;
     let w = (n / 100).clamp(1, 1000);
@@ -426,7 +431,7 @@ pub fn many_jobs(env: &Env) -> Result<Vec<Measure>> {
         st.push_with_ref(s_n, s_early);
         busy.push(s_busy);
         rate.push(sub_rate);
-        if run + 1 == runs && env.keep_store {
+        if run + 1 == runs && env.keep_store && !env.is_postgres() {
             *env.store.lock().unwrap_or_else(|e| e.into_inner()) = Some((d, n));
         }
     }

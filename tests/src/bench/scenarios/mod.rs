@@ -76,6 +76,30 @@ pub const ALL: &[Scenario] = &[
         run: jobs::restart,
     },
     Scenario {
+        name: "pg-ingest",
+        about: "PostgreSQL store: upload --wait of the ingest CSV vs psql \\copy of it into a fresh table on the same server",
+        big: false,
+        run: ingest::pg_ingest,
+    },
+    Scenario {
+        name: "pg-rtt",
+        about: "PostgreSQL store: status of one job over one connection: p50, p99",
+        big: false,
+        run: control::pg_rtt,
+    },
+    Scenario {
+        name: "pg-stop",
+        about: "PostgreSQL store: stop -> answer latency on a running ingest job, stop/start cycles",
+        big: false,
+        run: control::pg_stop_latency,
+    },
+    Scenario {
+        name: "pg-many-jobs",
+        about: "PostgreSQL store: 100 000 submitted jobs: submit latency last/first 1 000, status at 100 000 vs 100",
+        big: false,
+        run: jobs::pg_many_jobs,
+    },
+    Scenario {
         name: "http",
         about: "jobd-http under wrk: GET /updateTask for an unknown id (needs wrk)",
         big: false,
