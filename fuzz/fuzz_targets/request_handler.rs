@@ -13,10 +13,9 @@
 #![no_main]
 
 use jobd::handler::Context;
-use jobd::kinds::Paths;
 use jobd::registry::{Limits, Registry};
 use jobd::server::{self, ServerConfig};
-use jobd::store::Store;
+use jobd::store::sqlite::SqliteStore;
 use jobd_protocol::frame::{decode, encode, read_frame, DEFAULT_MAX_FRAME};
 use jobd_protocol::{Request, Response, PROTOCOL_VERSION};
 use libfuzzer_sys::fuzz_target;
@@ -41,15 +40,7 @@ fn env() -> &'static Env {
             std::process::abort();
         }));
         let dir = tempfile::tempdir().expect("temporary directory");
-        let state = dir.path().join("state");
-        let paths = Paths {
-            spool_dir: state.join("spool"),
-            export_dir: state.join("exports"),
-        };
-        for d in [&paths.spool_dir, &paths.export_dir] {
-            std::fs::create_dir_all(d).expect("state directories");
-        }
-        let store = Store::open(&state.join("jobd.db")).expect("store");
+        let store = SqliteStore::open(&dir.path().join("state")).expect("store");
         let socket = dir.path().join("jobd.sock");
         let listener = server::bind(&socket, None).expect("bind");
         listener.set_nonblocking(true).expect("nonblocking");
@@ -63,7 +54,7 @@ fn env() -> &'static Env {
                 max_running: 2,
                 max_row_errors: 100,
             };
-            let registry = Registry::load(store, paths, limits).expect("registry");
+            let registry = Registry::load(Arc::new(store), limits).expect("registry");
             registry.start();
             let ctx = Arc::new(Context {
                 registry,
