@@ -95,6 +95,34 @@ fn annotated_dumps_match_the_encoder() {
         rate: Some(2.0),
     });
     assert_eq!(annotated_block(&doc, "(78 bytes):"), frame(&job));
+    use jobd_protocol::metrics::{ControlTimes, Histogram, JobCount, UnitCount};
+    use jobd_protocol::{Action, Metrics};
+    let metrics = Response::Metrics(Metrics {
+        jobs: vec![JobCount {
+            kind: JobKind::BulkTeam,
+            state: JobState::Running,
+            count: 2,
+        }],
+        units: vec![UnitCount {
+            kind: JobKind::BulkTeam,
+            applied: 300,
+            rejected: 1,
+        }],
+        controls: vec![ControlTimes {
+            action: Action::Stop,
+            seconds: Histogram {
+                bounds: vec![0.5],
+                counts: vec![3, 0],
+                sum: 0.25,
+            },
+        }],
+        commits: Histogram {
+            bounds: vec![],
+            counts: vec![7],
+            sum: 0.5,
+        },
+    });
+    assert_eq!(annotated_block(&doc, "(48 bytes):"), frame(&metrics));
 }
 
 #[test]
@@ -176,6 +204,13 @@ fn inline_dumps_match_the_encoder() {
         }),
         frame(&Request::Output { id: "x".into() }),
         frame(&Request::Errors { id: "x".into() }),
+        frame(&Request::Events),
+        frame(&Request::Metrics),
+        frame(&Request::ErrorsPage {
+            id: "x".into(),
+            after: 500,
+            limit: 50,
+        }),
         frame(&Response::Jobs(vec![])),
         frame(&Response::End { count: 2 }),
         frame(&Response::Chunk {
@@ -200,4 +235,12 @@ fn documented_indices_match_the_enums() {
     });
     assert_eq!(internal[4], 8, "Response::Error is index 8");
     assert_eq!(internal[5], 18, "ErrorCode::Internal is index 18");
+    assert_eq!(bytes(&Request::Events)[4], 12);
+    assert_eq!(bytes(&Request::Metrics)[4], 13);
+    let page = Request::ErrorsPage {
+        id: String::new(),
+        after: 0,
+        limit: 0,
+    };
+    assert_eq!(bytes(&page)[4], 14);
 }

@@ -5,7 +5,9 @@
 //! I/O or an `.await`. Store writes run on blocking threads and are committed before
 //! the caller is answered.
 
+use crate::feed::Feed;
 use crate::kinds;
+use crate::metrics::Metrics;
 use crate::scheduler::Scheduler;
 use crate::store::{
     now_ms, JobRow, NewJob, Progress, SharedStore, StoreError, StoredState, Upload,
@@ -56,7 +58,7 @@ pub struct Caller {
 }
 
 impl Caller {
-    fn may_see(&self, info: &JobInfo) -> bool {
+    pub fn may_see(&self, info: &JobInfo) -> bool {
         self.uid == 0 || self.uid == info.owner_uid
     }
 }
@@ -66,6 +68,8 @@ pub struct Submission {
     pub kind: JobKind,
     pub rate: Option<f64>,
     pub input: SubmitInput,
+    /// Units in all, when the submitter counted them (an upload's data rows).
+    pub total: Option<u64>,
 }
 
 /// What a new job reads.
@@ -90,6 +94,9 @@ pub struct Registry {
     worker_ended: Notify,
     /// Running workers count as activity (see [`crate::trim`]).
     activity: Arc<Activity>,
+    /// Every job change, for `Events` subscribers.
+    feed: Feed,
+    metrics: Arc<Metrics>,
 }
 
 struct State {
@@ -115,7 +122,8 @@ struct Entry {
 }
 
 impl Entry {
-    fn publish(&mut self) {
+    fn publish(&mut self, feed: &Feed) {
+        feed.publish(&self.info);
         if let Some(tx) = &self.watch {
             if tx.receiver_count() == 0 {
                 self.watch = None;
@@ -125,10 +133,10 @@ impl Entry {
         }
     }
 
-    fn set_state(&mut self, state: JobState) {
+    fn set_state(&mut self, state: JobState, feed: &Feed) {
         self.info.state = state;
         self.info.updated_at = now_ms();
-        self.publish();
+        self.publish(feed);
     }
 }
 
@@ -198,6 +206,8 @@ impl Registry {
             max_row_errors: limits.max_row_errors,
             worker_ended: Notify::new(),
             activity: Activity::new(),
+            feed: Feed::new(),
+            metrics: Metrics::new(),
         }))
     }
 
@@ -236,7 +246,7 @@ impl Registry {
         };
         let store = Arc::clone(&self.store);
         let (owner_uid, owner) = (caller.uid, caller.user.clone());
-        let (id2, kind, rate) = (id.clone(), sub.kind, sub.rate);
+        let (id2, kind, rate, total) = (id.clone(), sub.kind, sub.rate, sub.total);
         let inserted = blocking(move || {
             let range = match &sub.input {
                 SubmitInput::Range(r) => r.clone(),
@@ -248,7 +258,7 @@ impl Registry {
                 owner_uid,
                 owner: &owner,
                 rate,
-                total: kinds::total_at_submit(kind, &range),
+                total: total.or_else(|| kinds::total_at_submit(kind, &range)),
                 input: &range,
                 created_at,
             };
@@ -272,6 +282,7 @@ impl Registry {
                 watch: None,
             }),
         );
+        self.feed.publish(&info);
         st.scheduler.enqueue(id);
         self.dispatch(&mut st);
         Ok(info)
@@ -295,7 +306,7 @@ impl Registry {
             };
             let (line, rx, interrupt) = ControlLine::new();
             entry.worker = Some(line);
-            entry.set_state(JobState::Running);
+            entry.set_state(JobState::Running, &self.feed);
             let reporter = Arc::downgrade(self);
             let report_id = id.clone();
             let w = Worker {
@@ -305,6 +316,7 @@ impl Registry {
                 interrupt,
                 max_row_errors: self.max_row_errors,
                 claim: std::cell::Cell::new(None),
+                metrics: Arc::clone(&self.metrics),
                 report: Box::new(move |p: Progress| {
                     if let Some(reg) = reporter.upgrade() {
                         reg.progress(&report_id, p);
@@ -327,11 +339,16 @@ impl Registry {
     fn progress(&self, id: &str, p: Progress) {
         let mut st = self.lock();
         if let Some(e) = st.jobs.get_mut(id) {
+            self.metrics.units(
+                e.info.kind,
+                p.processed.saturating_sub(e.info.processed),
+                p.failed.saturating_sub(e.info.failed),
+            );
             e.info.processed = p.processed;
             e.info.failed = p.failed;
             e.info.total = p.total;
             e.info.updated_at = now_ms();
-            e.publish();
+            e.publish(&self.feed);
         }
     }
 
@@ -345,12 +362,12 @@ impl Registry {
         if let Some(e) = st.jobs.get_mut(id) {
             e.worker = None;
             match exit {
-                Exit::Completed => e.set_state(JobState::Completed),
-                Exit::Paused => e.set_state(JobState::Paused),
-                Exit::Terminated => e.set_state(JobState::Terminated),
+                Exit::Completed => e.set_state(JobState::Completed, &self.feed),
+                Exit::Paused => e.set_state(JobState::Paused, &self.feed),
+                Exit::Terminated => e.set_state(JobState::Terminated, &self.feed),
                 Exit::Failed(msg) => {
                     e.info.error = Some(msg);
-                    e.set_state(JobState::Failed);
+                    e.set_state(JobState::Failed, &self.feed);
                 }
                 Exit::Shutdown => {}
                 Exit::Lost => tracing::warn!(job = %id, "the job's worker lost its claim"),
@@ -494,7 +511,7 @@ impl Registry {
                 let mut st = self.lock();
                 let info = match st.jobs.get_mut(id) {
                     Some(e) => {
-                        e.set_state(JobState::Queued);
+                        e.set_state(JobState::Queued, &self.feed);
                         e.info.clone()
                     }
                     None => return Some(Err(not_found(id))),
@@ -591,7 +608,7 @@ impl Registry {
     fn set_state(&self, id: &str, state: JobState) -> Result<JobInfo, Refusal> {
         let mut st = self.lock();
         let e = st.jobs.get_mut(id).ok_or_else(|| not_found(id))?;
-        e.set_state(state);
+        e.set_state(state, &self.feed);
         Ok(e.info.clone())
     }
 
@@ -623,6 +640,53 @@ impl Registry {
             }
             notified.await;
         }
+    }
+}
+
+/// For `Events` and `Metrics`.
+impl Registry {
+    /// Every job change from now on; the receiver filters what its caller may see.
+    pub fn feed(&self) -> &Feed {
+        &self.feed
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Jobs by kind and state, every pair listed.
+    pub fn job_counts(&self) -> Vec<jobd_protocol::metrics::JobCount> {
+        const STATES: [JobState; 6] = [
+            JobState::Queued,
+            JobState::Running,
+            JobState::Paused,
+            JobState::Completed,
+            JobState::Failed,
+            JobState::Terminated,
+        ];
+        let mut counts = [[0u64; 6]; 3];
+        {
+            let st = self.lock();
+            for e in st.jobs.values() {
+                let k = JobKind::all()
+                    .iter()
+                    .position(|k| *k == e.info.kind)
+                    .unwrap_or(0);
+                let s = STATES.iter().position(|s| *s == e.info.state).unwrap_or(0);
+                counts[k][s] += 1;
+            }
+        }
+        let mut out = Vec::with_capacity(18);
+        for (k, kind) in JobKind::all().into_iter().enumerate() {
+            for (s, state) in STATES.into_iter().enumerate() {
+                out.push(jobd_protocol::metrics::JobCount {
+                    kind,
+                    state,
+                    count: counts[k][s],
+                });
+            }
+        }
+        out
     }
 }
 

@@ -99,6 +99,8 @@ pub struct Worker {
     pub max_row_errors: u64,
     /// The latest claim on the job, once made.
     pub claim: Cell<Option<Claim>>,
+    /// Commit times are recorded here.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// How a run of the loop ended.
@@ -301,6 +303,7 @@ impl Worker {
             cursor: run.cursor(),
             completes,
             max_failed: self.max_row_errors,
+            metrics: Arc::clone(&self.metrics),
         });
     }
 

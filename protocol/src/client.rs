@@ -6,6 +6,7 @@ use crate::error::ErrorCode;
 use crate::frame::{self, FrameError, DEFAULT_MAX_FRAME};
 use crate::job::{JobInfo, RowError, UploadKind};
 use crate::message::{Request, Response};
+use crate::metrics::Metrics;
 use crate::{CHUNK_SIZE, PROTOCOL_VERSION};
 use std::io;
 use std::path::Path;
@@ -310,6 +311,57 @@ impl Client {
                         "output announced {count} bytes but {written} arrived"
                     )))
                 }
+                other => return Err(unexpected(other)),
+            }
+        }
+    }
+
+    /// The daemon's counters.
+    pub async fn metrics(&mut self) -> Result<Metrics, ClientError> {
+        match self.call(&Request::Metrics).await? {
+            Response::Metrics(m) => Ok(m),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Subscribes to every change of the caller's jobs; call
+    /// [`Client::next_change`] for each. Changes made after this returns are
+    /// all delivered (or the stream ends, see `next_change`).
+    pub async fn events(&mut self) -> Result<(), ClientError> {
+        match self.call(&Request::Events).await? {
+            Response::Ready => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The next change of an [`Client::events`] stream; `Err(missed)` when the
+    /// daemon ended it because this client fell `missed` changes behind.
+    pub async fn next_change(&mut self) -> Result<Result<JobInfo, u64>, ClientError> {
+        match self.recv().await? {
+            Response::Job(info) => Ok(Ok(info)),
+            Response::End { count } => Ok(Err(count)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Up to `limit` row errors of a job after row `after`, in row order.
+    pub async fn errors_page(
+        &mut self,
+        id: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<RowError>, ClientError> {
+        self.send(&Request::ErrorsPage {
+            id: id.to_string(),
+            after,
+            limit,
+        })
+        .await?;
+        let mut all = Vec::new();
+        loop {
+            match self.recv().await? {
+                Response::RowErrors(page) => all.extend(page),
+                Response::End { .. } => return Ok(all),
                 other => return Err(unexpected(other)),
             }
         }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod frame;
 pub mod job;
 pub mod message;
+pub mod metrics;
 pub mod paths;
 pub mod peer;
 
@@ -17,6 +18,7 @@ pub use error::ErrorCode;
 pub use frame::{FrameError, DEFAULT_MAX_FRAME};
 pub use job::{Action, JobInfo, JobKind, JobState, RowError, UploadKind};
 pub use message::{Request, Response};
+pub use metrics::Metrics;
 
 /// Version of the protocol spoken by this crate; `Hello` and `Welcome` carry it.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -3,6 +3,7 @@
 
 use crate::error::ErrorCode;
 use crate::job::{JobInfo, RowError, UploadKind};
+use crate::metrics::Metrics;
 use serde::{Deserialize, Serialize};
 
 /// What a client sends. One request at a time per connection; `Chunk` and `End`
@@ -59,6 +60,20 @@ pub enum Request {
     Errors {
         id: String,
     },
+    /// Every change of every job the caller may see, new jobs included: `Ready`
+    /// once subscribed, then a `Job` frame per change until the client sends
+    /// anything or goes away. A client that falls too far behind gets
+    /// `End { count: <changes it missed> }`, which ends the stream.
+    Events,
+    /// The daemon's counters, answered by one `Metrics` frame.
+    Metrics,
+    /// At most `limit` row errors of a job whose row is after `after`, in row
+    /// order: one `RowErrors` page (the daemon caps `limit` at 500), then `End`.
+    ErrorsPage {
+        id: String,
+        after: u64,
+        limit: u32,
+    },
 }
 
 /// What the daemon sends.
@@ -90,6 +105,8 @@ pub enum Response {
         code: ErrorCode,
         message: String,
     },
+    /// The answer to `Metrics`.
+    Metrics(Metrics),
 }
 
 impl Response {

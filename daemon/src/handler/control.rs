@@ -13,7 +13,13 @@ pub async fn handle(
     id: &str,
     action: &str,
 ) -> Result<(), ConnError> {
-    match control(ctx, caller, id.trim(), action.trim()).await {
+    let started = std::time::Instant::now();
+    let result = control(ctx, caller, id.trim(), action.trim()).await;
+    // Timed when the action was one (refusals of a bad action are not controls).
+    if let Some(a) = Action::parse(action.trim()) {
+        ctx.registry.metrics().control(a, started.elapsed());
+    }
+    match result {
         Ok(info) => conn.send(&Response::Job(info)).await,
         Err(r) => refuse(conn, r).await,
     }

@@ -3,6 +3,9 @@
 
 mod control;
 mod errors;
+mod errors_page;
+mod events;
+mod metrics;
 mod output;
 mod ping;
 mod status;
@@ -46,6 +49,11 @@ pub async fn handle(
         Request::Wait { ids } => wait::handle(conn, ctx, caller, &ids).await,
         Request::Output { id } => output::handle(conn, ctx, caller, &id).await,
         Request::Errors { id } => errors::handle(conn, ctx, caller, &id).await,
+        Request::Events => events::handle(conn, ctx, caller).await,
+        Request::Metrics => metrics::handle(conn, ctx).await,
+        Request::ErrorsPage { id, after, limit } => {
+            errors_page::handle(conn, ctx, caller, &id, after, limit).await
+        }
         Request::Hello { .. } | Request::Chunk { .. } | Request::End { .. } => {
             refuse(
                 conn,

@@ -24,6 +24,7 @@ pub async fn handle(
         kind: JobKind::CreateExport,
         rate,
         input: SubmitInput::Range(range.to_input()),
+        total: None,
     };
     match ctx.registry.submit(caller, sub).await {
         Ok(info) => conn.send(&Response::Job(info)).await,

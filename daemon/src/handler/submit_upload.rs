@@ -1,9 +1,12 @@
 //! `SubmitUpload`: receive the file's chunks into the store, then create the job
-//! with it. A client that goes away mid-upload leaves nothing behind.
+//! with it. A client that goes away mid-upload leaves nothing behind. The data
+//! rows are counted as the chunks pass (see [`RowCounter`]), so the job has its
+//! total from the start.
 
 use super::{check_rate, refuse, store_call, Context};
 use crate::connection::{ConnError, Connection};
 use crate::registry::{Caller, Refusal, Submission, SubmitInput};
+use crate::rowcount::RowCounter;
 use crate::store::Upload;
 use jobd_protocol::{ErrorCode, Request, Response, UploadKind, CHUNK_SIZE};
 use std::sync::Arc;
@@ -11,16 +14,18 @@ use std::sync::Arc;
 /// Bytes gathered before they are handed to the store.
 const HAND_OVER: usize = 1 << 20;
 
-/// Writes `pending` to the upload on a blocking thread; gives both back (the
-/// buffer emptied).
+/// Writes `pending` to the upload on a blocking thread and counts its rows;
+/// gives all back (the buffer emptied).
 async fn hand_over(
     mut upload: Box<dyn Upload>,
     mut pending: Vec<u8>,
-) -> Result<(Box<dyn Upload>, Vec<u8>), Refusal> {
+    mut rows: RowCounter,
+) -> Result<(Box<dyn Upload>, Vec<u8>, RowCounter), Refusal> {
     store_call(move || {
         upload.write(&pending)?;
+        rows.feed(&pending);
         pending.clear();
-        Ok((upload, pending))
+        Ok((upload, pending, rows))
     })
     .await
 }
@@ -45,6 +50,7 @@ pub async fn handle(
     // Chunks are handed to the store a few at a time: each hand-over is a trip to
     // a blocking thread.
     let mut pending: Vec<u8> = Vec::with_capacity(HAND_OVER + CHUNK_SIZE);
+    let mut rows = RowCounter::new();
     loop {
         match conn.read().await? {
             Some(Request::Chunk { data }) => {
@@ -62,7 +68,7 @@ pub async fn handle(
                 }
                 pending.extend_from_slice(&data);
                 if pending.len() >= HAND_OVER {
-                    (upload, pending) = match hand_over(upload, pending).await {
+                    (upload, pending, rows) = match hand_over(upload, pending, rows).await {
                         Ok(u) => u,
                         Err(r) => {
                             // The connection cannot be resynchronized mid-stream:
@@ -96,7 +102,7 @@ pub async fn handle(
         }
     }
     if !pending.is_empty() {
-        (upload, _) = match hand_over(upload, pending).await {
+        (upload, _, rows) = match hand_over(upload, pending, rows).await {
             Ok(u) => u,
             Err(r) => return refuse(conn, r).await,
         };
@@ -105,6 +111,7 @@ pub async fn handle(
         kind: kind.into(),
         rate,
         input: SubmitInput::Upload(upload),
+        total: Some(rows.finish()),
     };
     match ctx.registry.submit(caller, sub).await {
         Ok(info) => conn.send(&Response::Job(info)).await,

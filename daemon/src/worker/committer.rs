@@ -18,6 +18,8 @@ pub struct SealedBatch {
     /// The batch is the job's last: it completes.
     pub completes: bool,
     pub max_failed: u64,
+    /// Where the commit's time is recorded.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The batch back (emptied once committed, for its allocations) and the outcome.
@@ -39,8 +41,10 @@ impl SealedBatch {
             max_failed: self.max_failed,
         };
         let never = AtomicBool::new(false);
+        let started = std::time::Instant::now();
         let r = store.commit(claim, &mut self.batch, &seal, interrupt.unwrap_or(&never));
         if r.is_ok() {
+            self.metrics.commit(started.elapsed());
             self.batch.clear();
         }
         (self.batch, r)
