@@ -9,6 +9,7 @@ mod completions;
 mod control;
 mod errors;
 mod export;
+mod metrics;
 mod output;
 mod ping;
 mod progress;
@@ -131,6 +132,8 @@ pub enum Command {
     Errors { id: String },
     /// Check that the daemon answers
     Ping,
+    /// Print the daemon's counters in the Prometheus text format (as jobd-http's /metrics)
+    Metrics,
     /// Print the completion script for SHELL (bash, zsh, fish, elvish, powershell)
     Completions {
         #[arg(value_enum)]
@@ -269,6 +272,7 @@ pub async fn run(cli: Cli) -> Result<Outcome, Error> {
         Command::Output { id, output } => output::run(&ctx, &id, output.as_deref()).await,
         Command::Errors { id } => errors::run(&ctx, &id).await,
         Command::Ping => ping::run(&ctx).await,
+        Command::Metrics => metrics::run(&ctx).await,
         Command::Completions { shell } => completions::run(shell),
     }
 }
