@@ -172,6 +172,10 @@ async fn serve_conn(mut s: UnixStream) -> std::io::Result<()> {
                 .await?;
                 Response::End { count: 2 }
             }
+            // Not used by these tests.
+            Request::Events | Request::Metrics | Request::ErrorsPage { .. } => {
+                refuse(ErrorCode::BadRequest)
+            }
         };
         send(&mut s, &reply).await?;
     }

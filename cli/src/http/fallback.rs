@@ -22,6 +22,19 @@ pub const ROUTES: &[(Method, &str)] = &[
     (Method::GET, "/jobs/{id}/output"),
     (Method::GET, "/jobs/{id}/errors"),
     (Method::GET, "/healthz"),
+    (Method::POST, "/jobs"),
+    (Method::POST, "/jobs/{id}/stop"),
+    (Method::POST, "/jobs/{id}/start"),
+    (Method::POST, "/jobs/{id}/terminate"),
+    (Method::GET, "/events"),
+    (Method::GET, "/metrics"),
+    (Method::GET, "/ui"),
+    (Method::GET, "/ui/"),
+    (Method::GET, "/ui/rows"),
+    (Method::GET, "/ui/jobs/{id}"),
+    (Method::GET, "/ui/assets/{name}"),
+    (Method::POST, "/ui/login"),
+    (Method::POST, "/ui/logout"),
 ];
 
 /// The router's fallback.

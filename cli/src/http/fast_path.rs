@@ -16,8 +16,13 @@
 //! connection, with every byte read and not yet answered, to the framework for
 //! the rest of its life ([`Exit::Handoff`]): HTTP/1.0, `Expect`, `Upgrade`, a
 //! body, another route, a head that does not parse or is longer than
-//! [`MAX_HEAD`] all get exactly the framework's behaviour.
+//! [`MAX_HEAD`] all get exactly the framework's behaviour. So does a request that
+//! the framework's [`super::guard`] would look at twice: one from a browser page
+//! (`Origin`, `Sec-Fetch-Site` other than `same-origin`/`none`, a cookie), one
+//! naming another host when only loopback names are served, and, with tokens,
+//! one without a valid bearer token (the guard answers 401).
 
+use super::auth::Auth;
 use super::log::Stats;
 use super::reply::JSON_TYPE;
 use super::{update_task, App};
@@ -77,7 +82,11 @@ where
     loop {
         // Answer every complete request read so far (pipelined ones in order).
         loop {
-            match parse(&buf) {
+            let policy = Policy {
+                auth: app.auth.as_deref(),
+                loopback_only: app.loopback_only,
+            };
+            match parse_with(&buf, &policy) {
                 Head::Partial => break,
                 Head::Other => {
                     if io.write_all(&out).await.is_err() {
@@ -142,7 +151,24 @@ enum Head {
     },
 }
 
+/// What the guard would check, for [`parse_with`].
+struct Policy<'a> {
+    auth: Option<&'a Auth>,
+    loopback_only: bool,
+}
+
+#[cfg(test)]
 fn parse(buf: &[u8]) -> Head {
+    parse_with(
+        buf,
+        &Policy {
+            auth: None,
+            loopback_only: false,
+        },
+    )
+}
+
+fn parse_with(buf: &[u8], policy: &Policy<'_>) -> Head {
     if buf.is_empty() {
         return Head::Partial;
     }
@@ -164,9 +190,23 @@ fn parse(buf: &[u8]) -> Head {
         _ => return Head::Other,
     }
     let mut close = false;
+    let mut authorized = policy.auth.is_none();
     for h in req.headers.iter() {
         let name = h.name;
-        if name.eq_ignore_ascii_case("connection") {
+        if name.eq_ignore_ascii_case("authorization") {
+            authorized = policy.auth.is_some_and(|a| a.check_bearer(h.value));
+        } else if name.eq_ignore_ascii_case("origin") || name.eq_ignore_ascii_case("cookie") {
+            return Head::Other;
+        } else if name.eq_ignore_ascii_case("sec-fetch-site") {
+            if !matches!(h.value, b"same-origin" | b"none") {
+                return Head::Other;
+            }
+        } else if name.eq_ignore_ascii_case("host") {
+            let loopback = std::str::from_utf8(h.value).is_ok_and(super::guard::is_loopback_name);
+            if policy.loopback_only && !loopback {
+                return Head::Other;
+            }
+        } else if name.eq_ignore_ascii_case("connection") {
             let Ok(value) = std::str::from_utf8(h.value) else {
                 return Head::Other;
             };
@@ -187,6 +227,9 @@ fn parse(buf: &[u8]) -> Head {
         {
             return Head::Other;
         }
+    }
+    if !authorized {
+        return Head::Other;
     }
     // The target as the framework would see it (or its refusal, by it).
     match PathAndQuery::try_from(path) {
@@ -278,6 +321,58 @@ mod tests {
         assert_eq!(parse(head.as_bytes()), Head::Other);
     }
 
+    /// Requests the guard must see are left to the framework.
+    #[test]
+    fn guarded_requests_are_handed_off() {
+        let open = Policy {
+            auth: None,
+            loopback_only: true,
+        };
+        let fast = |head: &str, p: &Policy<'_>| {
+            matches!(parse_with(head.as_bytes(), p), Head::UpdateTask { .. })
+        };
+        assert!(fast(
+            "GET /updateTask HTTP/1.1\r\nHost: 127.0.0.1:8081\r\n\r\n",
+            &open
+        ));
+        assert!(fast(
+            "GET /updateTask HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            &open
+        ));
+        assert!(fast(
+            "GET /updateTask HTTP/1.1\r\nSec-Fetch-Site: same-origin\r\n\r\n",
+            &open
+        ));
+        for head in [
+            "GET /updateTask HTTP/1.1\r\nHost: evil.example:8081\r\n\r\n",
+            "GET /updateTask HTTP/1.1\r\nOrigin: http://127.0.0.1:8081\r\n\r\n",
+            "GET /updateTask HTTP/1.1\r\nSec-Fetch-Site: cross-site\r\n\r\n",
+            "GET /updateTask HTTP/1.1\r\nCookie: a=b\r\n\r\n",
+        ] {
+            assert!(!fast(head, &open), "{head:?}");
+        }
+        let path = std::env::temp_dir().join(format!("jobd-fast-path-{}", std::process::id()));
+        std::fs::write(&path, "fast-path-token-0123456789\n").expect("write");
+        let mut perm = std::fs::metadata(&path).expect("meta").permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o600);
+        std::fs::set_permissions(&path, perm).expect("chmod");
+        let auth = Auth::load(&path).expect("tokens");
+        let _ = std::fs::remove_file(&path);
+        let tokens = Policy {
+            auth: Some(&auth),
+            loopback_only: false,
+        };
+        assert!(fast(
+            "GET /updateTask HTTP/1.1\r\nAuthorization: Bearer fast-path-token-0123456789\r\n\r\n",
+            &tokens
+        ));
+        assert!(!fast("GET /updateTask HTTP/1.1\r\n\r\n", &tokens));
+        assert!(!fast(
+            "GET /updateTask HTTP/1.1\r\nAuthorization: Bearer nope-nope-nope-nope\r\n\r\n",
+            &tokens
+        ));
+    }
+
     #[test]
     fn partial_heads_wait_until_they_are_too_long() {
         let head = b"GET /updateTask?id=x HTTP/1.1\r\nHost: a\r\n\r\n";
@@ -310,11 +405,15 @@ mod tests {
 
     fn app() -> App {
         let (_tx, rx) = watch::channel(false);
+        let pool = Arc::new(Pool::new(PathBuf::from("/nonexistent/jobd.sock"), 1));
         App {
-            pool: Arc::new(Pool::new(PathBuf::from("/nonexistent/jobd.sock"), 1)),
+            hub: crate::http::events::Hub::new(Arc::clone(&pool), rx.clone()),
+            pool,
             default_rate: None,
             missing: None,
             shutdown: rx,
+            auth: None,
+            loopback_only: true,
         }
     }
 

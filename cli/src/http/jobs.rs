@@ -9,7 +9,7 @@ use crate::jobctl::render::{job_json, row_errors_json};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::header::{CONTENT_DISPOSITION, CONTENT_TYPE};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode, Uri};
 use axum::response::Response;
 use futures_util::stream;
 use jobd_protocol::{Client, ClientError, ErrorCode, JobInfo, Request, Response as Answer};
@@ -45,9 +45,27 @@ async fn one(app: &super::App, id: &str) -> Result<JobInfo, ClientError> {
     })
 }
 
-/// `GET /jobs/{id}/errors`: the job's row errors, `[{"row":N,"message":"..."}]`.
-pub async fn errors(State(app): State<Shared>, Path(id): Path<String>) -> Response {
-    match app.pool.errors(&id).await {
+/// Row errors a page of `GET /jobs/{id}/errors?after=&limit=` has by default.
+const ERRORS_PAGE: u32 = 100;
+
+/// `GET /jobs/{id}/errors`: the job's row errors, `[{"row":N,"message":"..."}]`;
+/// one page of them with `after` (a row) and/or `limit` (at most 500).
+pub async fn errors(State(app): State<Shared>, Path(id): Path<String>, uri: Uri) -> Response {
+    let after = super::query::first(uri.query(), "after");
+    let limit = super::query::first(uri.query(), "limit");
+    let result = if after.is_some() || limit.is_some() {
+        let after = after.map_or(Ok(0), |a| a.trim().parse::<u64>());
+        let limit = limit.map_or(Ok(ERRORS_PAGE), |l| l.trim().parse::<u32>());
+        match (after, limit) {
+            (Ok(after), Ok(limit)) if (1..=500).contains(&limit) => {
+                app.pool.errors_page(&id, after, limit).await
+            }
+            _ => return reply::error(StatusCode::BAD_REQUEST, "bad_request"),
+        }
+    } else {
+        app.pool.errors(&id).await
+    };
+    match result {
         Ok(errors) => reply::json_value(StatusCode::OK, &row_errors_json(&errors)),
         Err(e) => reply::client_error(Routes::Jobs, &e),
     }

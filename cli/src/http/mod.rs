@@ -1,5 +1,6 @@
 //! `jobd-http`: the original service's REST API, served on top of the daemon's
-//! socket, plus read routes for job status and live progress.
+//! socket, plus routes for job status, live progress, controls and submits, a
+//! dashboard ([`ui`]), Prometheus metrics, and bearer-token auth ([`auth`]).
 //!
 //! It is a client of the daemon like `jobctl`: every job it submits belongs to the
 //! user it runs as. Legacy routes (`/uploadCSV`, `/createBulkTeam`, `/exportData`,
@@ -7,16 +8,23 @@
 //! routes are described in `docs/openapi.yaml`. One file per concept: the router
 //! and start-up here, [`serve`] for connections, [`fast_path`] for `GET
 //! /updateTask` without the framework, one file per legacy route, [`jobs`] and
-//! [`sse`] for the read routes, [`pool`] for the daemon connections, [`cache`] for
-//! ids known never to exist, [`multipart`] for streaming uploads, [`log`] for
-//! request logging.
+//! [`sse`] for the read routes, [`control`] and [`submit`] for the JSON controls
+//! and submits, [`events`] for every job's changes, [`metrics`] for `/metrics`,
+//! [`guard`] and [`auth`] for who may do what, [`pool`] for the daemon
+//! connections, [`cache`] for ids known never to exist, [`multipart`] for
+//! streaming uploads, [`log`] for request logging.
 
+pub mod auth;
 mod cache;
+mod control;
+mod events;
 mod export;
 mod fallback;
 mod fast_path;
+mod guard;
 mod jobs;
 pub mod log;
+mod metrics;
 mod multipart;
 mod pool;
 mod query;
@@ -24,6 +32,8 @@ mod reply;
 mod rewind;
 mod serve;
 mod sse;
+mod submit;
+mod ui;
 mod update_task;
 mod upload;
 
@@ -54,7 +64,10 @@ const STARTUP_PROBE: Duration = Duration::from_secs(2);
 #[command(
     name = "jobd-http",
     version,
-    about = "Serve jobd's legacy REST API (and job status routes) over HTTP"
+    about = "Serve jobd's legacy REST API, job routes, a dashboard (/ui/) and metrics over HTTP",
+    after_help = "Without --token-file anyone who can reach the address acts as jobd-http's \
+                  user, so jobd-http listens only on loopback addresses unless \
+                  --insecure-listen is given."
 )]
 pub struct Config {
     /// Address to listen on
@@ -89,6 +102,14 @@ pub struct Config {
     #[arg(long, default_value_t = 300, value_name = "SECS",
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub idle_timeout: u64,
+    /// File of bearer tokens, one a line (mode 0600): every route but /healthz then
+    /// needs `Authorization: Bearer TOKEN` (the dashboard: its login form)
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Listen on a non-loopback address without --token-file: anyone who can
+    /// reach it can then submit and control jobd-http's user's jobs
+    #[arg(long)]
+    pub insecure_listen: bool,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -108,6 +129,12 @@ pub struct App {
     pub missing: Option<Arc<cache::MissingIds>>,
     /// Turns `true` when the server shuts down (ends event streams).
     pub shutdown: watch::Receiver<bool>,
+    /// The tokens, with `--token-file`.
+    pub auth: Option<Arc<auth::Auth>>,
+    /// Serve only loopback host names (no tokens, no `--insecure-listen`).
+    pub loopback_only: bool,
+    /// Every job's changes, for `/events`.
+    pub hub: Arc<events::Hub>,
 }
 
 pub type Shared = Arc<App>;
@@ -177,13 +204,39 @@ pub fn router(app: Shared, stats: &'static log::Stats) -> Router {
             post_only(export::export_data).layer(DefaultBodyLimit::max(export::MAX_BODY)),
         )
         .route("/updateTask", get_only(update_task::update_task))
-        .route("/jobs", get_only(jobs::list))
         .route("/jobs/{id}", get_only(jobs::get))
         .route("/jobs/{id}/events", get_only(sse::events))
         .route("/jobs/{id}/output", get_only(jobs::output))
         .route("/jobs/{id}/errors", get_only(jobs::errors))
         .route("/healthz", get_only(jobs::healthz))
+        .route(
+            "/jobs",
+            get(jobs::list)
+                .post(submit::submit)
+                .layer(DefaultBodyLimit::disable())
+                .head(fallback::wrong_method)
+                .fallback(fallback::wrong_method),
+        )
+        .route("/jobs/{id}/stop", post_only(control::stop))
+        .route("/jobs/{id}/start", post_only(control::start))
+        .route("/jobs/{id}/terminate", post_only(control::terminate))
+        .route("/events", get_only(events::events))
+        .route("/metrics", get_only(metrics::metrics))
+        .route("/ui", get_only(ui::to_list))
+        .route("/ui/", get_only(ui::list))
+        .route("/ui/rows", get_only(ui::rows))
+        .route("/ui/jobs/{id}", get_only(ui::job))
+        .route("/ui/assets/{name}", get_only(ui::asset))
+        .route(
+            "/ui/login",
+            post_only(ui::login).layer(DefaultBodyLimit::max(4096)),
+        )
+        .route("/ui/logout", post_only(ui::logout))
         .fallback(fallback::fallback)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&app),
+            guard::guard,
+        ))
         .with_state(app)
         .layer(log::LogLayer(stats))
 }
@@ -200,6 +253,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .socket
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or_else(jobd_protocol::paths::default_socket_path);
+    let auth = match &config.token_file {
+        Some(path) => Some(Arc::new(auth::Auth::load(path)?)),
+        None => None,
+    };
+    if auth.is_none() && !config.insecure_listen {
+        refuse_open_listen(&config.listen).await?;
+    }
     let listener = TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -226,13 +286,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         m.start(pool.socket().to_path_buf(), shutdown_rx.clone())
             .await;
     }
+    let hub = events::Hub::new(Arc::clone(&pool), shutdown_rx.clone());
     let app = Arc::new(App {
         pool,
         default_rate: config.default_rate,
         missing,
         shutdown: shutdown_rx.clone(),
+        loopback_only: auth.is_none() && !config.insecure_listen,
+        auth,
+        hub,
     });
-    tracing::info!(listen = %addr, "jobd-http listening");
+    tracing::info!(
+        listen = %addr,
+        auth = if app.auth.is_some() { "tokens" } else { "none" },
+        "jobd-http listening"
+    );
 
     raise_open_file_limit();
     let limits = serve::Limits {
@@ -258,6 +326,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!("requests still running after {SHUTDOWN_GRACE:?}; exiting");
     }
     tracing::info!("jobd-http stopped");
+    Ok(())
+}
+
+/// Without tokens, anyone who reaches the address acts as our user: refuse an
+/// address that is not loopback (`--insecure-listen` overrides).
+async fn refuse_open_listen(listen: &str) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host(listen)
+        .await
+        .with_context(|| format!("cannot resolve {listen}"))?
+        .collect();
+    if let Some(open) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+        anyhow::bail!(
+            "refusing to listen on {open} ({listen}) without --token-file: anyone who can \
+             reach it could submit, stop and terminate jobs as this user. Give \
+             --token-file FILE, or --insecure-listen if something in front of jobd-http \
+             checks who calls"
+        );
+    }
     Ok(())
 }
 
@@ -301,11 +388,15 @@ mod tests {
         use tower::ServiceExt;
 
         let (_tx, rx) = watch::channel(false);
+        let pool = Arc::new(Pool::new(PathBuf::from("/nonexistent/jobd.sock"), 2));
         let app = Arc::new(App {
-            pool: Arc::new(Pool::new(PathBuf::from("/nonexistent/jobd.sock"), 2)),
+            hub: events::Hub::new(Arc::clone(&pool), rx.clone()),
+            pool,
             default_rate: None,
             missing: None,
             shutdown: rx,
+            auth: None,
+            loopback_only: true,
         });
         let router = router(app, log::Stats::new(0));
         let call = |method: Method, path: String| {
@@ -325,6 +416,11 @@ mod tests {
         };
         for (method, pattern) in fallback::ROUTES {
             let path = pattern.replace("{id}", "x");
+            let path = if path.starts_with("/ui/assets/") {
+                ui::script_path().to_string()
+            } else {
+                path
+            };
             let r = call(method.clone(), path.clone()).await;
             assert!(!is_plain_404(&r), "{method} {path} is not routed");
             for other in [
@@ -334,7 +430,10 @@ mod tests {
                 Method::DELETE,
                 Method::HEAD,
             ] {
-                if other != method {
+                let served = fallback::ROUTES
+                    .iter()
+                    .any(|(m, p)| *m == other && p == pattern);
+                if !served {
                     let r = call(other.clone(), path.clone()).await;
                     assert!(is_plain_404(&r), "{other} {path}: {}", r.status());
                 }

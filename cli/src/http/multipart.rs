@@ -21,9 +21,16 @@ use jobd_protocol::{Client, ClientError, JobInfo, Request, Response, UploadKind,
 pub enum UploadFailure {
     /// No `file` part with a file name, or a form that is malformed or cut short.
     NotAccepted,
+    /// A field before the file is missing or wrong (`POST /jobs`): why.
+    BadField(&'static str),
     /// The daemon refused, or could not be reached.
     Daemon(ClientError),
 }
+
+/// Longest value of a plain field read before the file (`kind`, `rate`).
+const MAX_FIELD: usize = 64;
+/// Plain fields read or skipped before the file, at most.
+const MAX_FIELDS: usize = 16;
 
 /// Is this the part `c.FormFile("file")` would return?
 fn is_file_part(field: &Field<'_>) -> bool {
@@ -33,16 +40,65 @@ fn is_file_part(field: &Field<'_>) -> bool {
 /// Streams the form's `file` part to the daemon as a job of `kind`.
 pub async fn upload(
     pool: &Pool,
-    mut form: Multipart,
+    form: Multipart,
     kind: UploadKind,
     rate: Option<f64>,
 ) -> Result<JobInfo, UploadFailure> {
+    upload_form(pool, form, Some(kind), rate).await
+}
+
+/// Streams the form's `file` part to the daemon. With `kind` `None` (`POST
+/// /jobs`), the kind and rate are read from the fields `kind` (`baselineCSV` or
+/// `bulkTeam`) and `rate`, which must come before the file: the file is sent to
+/// the daemon as it arrives, and the daemon needs the kind first.
+pub async fn upload_form(
+    pool: &Pool,
+    mut form: Multipart,
+    mut kind: Option<UploadKind>,
+    mut rate: Option<f64>,
+) -> Result<JobInfo, UploadFailure> {
+    let read_fields = kind.is_none();
+    let mut seen = 0;
     let mut field = loop {
         match form.next_field().await {
             Ok(Some(f)) if is_file_part(&f) => break f,
+            Ok(Some(f)) if read_fields => {
+                seen += 1;
+                if seen > MAX_FIELDS {
+                    return Err(UploadFailure::BadField("too many fields before the file"));
+                }
+                match f.name() {
+                    Some("kind") => {
+                        kind = Some(match text(f).await?.as_str() {
+                            "baselineCSV" => UploadKind::BaselineCsv,
+                            "bulkTeam" => UploadKind::BulkTeam,
+                            _ => {
+                                return Err(UploadFailure::BadField(
+                                    "kind must be baselineCSV or bulkTeam",
+                                ))
+                            }
+                        })
+                    }
+                    Some("rate") => {
+                        let value = text(f).await?;
+                        rate = match value.trim() {
+                            "" => None,
+                            r => Some(r.parse().map_err(|_| {
+                                UploadFailure::BadField("rate must be a number of units per second")
+                            })?),
+                        };
+                    }
+                    _ => {}
+                }
+            }
             Ok(Some(_)) => continue,
             Ok(None) | Err(_) => return Err(UploadFailure::NotAccepted),
         }
+    };
+    let Some(kind) = kind else {
+        return Err(UploadFailure::BadField(
+            "a kind field must come before the file",
+        ));
     };
     let (client, first) = pool
         .open(&Request::SubmitUpload { kind, rate })
@@ -83,6 +139,22 @@ pub async fn upload(
         }
     }
     sender.finish(pool).await
+}
+
+/// A plain field's value, bounded.
+async fn text(mut field: Field<'_>) -> Result<String, UploadFailure> {
+    let mut value = Vec::new();
+    loop {
+        match field.chunk().await {
+            Ok(Some(bytes)) if value.len() + bytes.len() <= MAX_FIELD => {
+                value.extend_from_slice(&bytes)
+            }
+            Ok(Some(_)) => return Err(UploadFailure::BadField("a field is too long")),
+            Ok(None) => break,
+            Err(_) => return Err(UploadFailure::NotAccepted),
+        }
+    }
+    String::from_utf8(value).map_err(|_| UploadFailure::BadField("a field is not UTF-8"))
 }
 
 /// Gathers the received bytes into full-sized `Chunk` frames.

@@ -13,7 +13,9 @@
 //! is returned (the HTTP layer answers 503) and the next request tries again: the
 //! shim reconnects by itself.
 
-use jobd_protocol::{Client, ClientError, ErrorCode, JobInfo, Request, Response, RowError};
+use jobd_protocol::{
+    Client, ClientError, ErrorCode, JobInfo, Metrics, Request, Response, RowError,
+};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -23,7 +25,7 @@ use tokio::sync::Semaphore;
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Name sent in `Hello`.
-const CLIENT_NAME: &str = concat!("jobd-http/", env!("CARGO_PKG_VERSION"));
+pub(crate) const CLIENT_NAME: &str = concat!("jobd-http/", env!("CARGO_PKG_VERSION"));
 
 pub struct Pool {
     socket: PathBuf,
@@ -147,6 +149,27 @@ impl Pool {
         }
     }
 
+    /// At most `limit` row errors of the job `id` after row `after`.
+    pub async fn errors_page(
+        &self,
+        id: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<RowError>, ClientError> {
+        match self.run(Op::ErrorsPage { id, after, limit }).await? {
+            Done::Errors(errors) => Ok(errors),
+            other => Err(other.unexpected()),
+        }
+    }
+
+    /// The daemon's counters.
+    pub async fn metrics(&self) -> Result<Metrics, ClientError> {
+        match self.run(Op::Metrics).await? {
+            Done::Metrics(m) => Ok(*m),
+            other => Err(other.unexpected()),
+        }
+    }
+
     /// Checks that the daemon answers.
     pub async fn ping(&self) -> Result<(), ClientError> {
         match self.run(Op::Ping).await? {
@@ -211,6 +234,12 @@ enum Op<'a> {
     },
     Status(&'a [String]),
     Errors(&'a str),
+    ErrorsPage {
+        id: &'a str,
+        after: u64,
+        limit: u32,
+    },
+    Metrics,
     Ping,
 }
 
@@ -220,6 +249,7 @@ enum Done {
     Job(JobInfo),
     Jobs(Vec<JobInfo>),
     Errors(Vec<RowError>),
+    Metrics(Box<Metrics>),
     Pong,
 }
 
@@ -236,6 +266,10 @@ impl Op<'_> {
             Op::Export { from, to, rate } => Done::Job(client.submit_export(from, to, rate).await?),
             Op::Status(ids) => Done::Jobs(client.status(ids).await?),
             Op::Errors(id) => Done::Errors(client.errors(id).await?),
+            Op::ErrorsPage { id, after, limit } => {
+                Done::Errors(client.errors_page(id, after, limit).await?)
+            }
+            Op::Metrics => Done::Metrics(Box::new(client.metrics().await?)),
             Op::Ping => {
                 client.ping().await?;
                 Done::Pong

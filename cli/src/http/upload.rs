@@ -46,7 +46,9 @@ async fn submit(
     };
     match multipart::upload(&app.pool, form, kind, rate).await {
         Ok(info) => super::job_created(&info),
-        Err(UploadFailure::NotAccepted) => reply::error(StatusCode::BAD_REQUEST, NOT_ACCEPTED),
+        Err(UploadFailure::NotAccepted | UploadFailure::BadField(_)) => {
+            reply::error(StatusCode::BAD_REQUEST, NOT_ACCEPTED)
+        }
         Err(UploadFailure::Daemon(e)) => reply::client_error(Routes::Legacy, &e),
     }
 }
