@@ -18,9 +18,8 @@
 //! body, another route, a head that does not parse or is longer than
 //! [`MAX_HEAD`] all get exactly the framework's behaviour. So does a request that
 //! the framework's [`super::guard`] would look at twice: one from a browser page
-//! (`Origin`, `Sec-Fetch-Site` other than `same-origin`/`none`, a cookie), one
-//! naming another host when only loopback names are served, and, with tokens,
-//! one without a valid bearer token (the guard answers 401).
+//! (`Origin`, `Sec-Fetch-Site`, a cookie) and, with tokens, one without a valid
+//! bearer token (the guard answers 401).
 
 use super::auth::Auth;
 use super::log::Stats;
@@ -84,7 +83,6 @@ where
         loop {
             let policy = Policy {
                 auth: app.auth.as_deref(),
-                loopback_only: app.loopback_only,
             };
             match parse_with(&buf, &policy) {
                 Head::Partial => break,
@@ -154,18 +152,11 @@ enum Head {
 /// What the guard would check, for [`parse_with`].
 struct Policy<'a> {
     auth: Option<&'a Auth>,
-    loopback_only: bool,
 }
 
 #[cfg(test)]
 fn parse(buf: &[u8]) -> Head {
-    parse_with(
-        buf,
-        &Policy {
-            auth: None,
-            loopback_only: false,
-        },
-    )
+    parse_with(buf, &Policy { auth: None })
 }
 
 fn parse_with(buf: &[u8], policy: &Policy<'_>) -> Head {
@@ -195,17 +186,12 @@ fn parse_with(buf: &[u8], policy: &Policy<'_>) -> Head {
         let name = h.name;
         if name.eq_ignore_ascii_case("authorization") {
             authorized = policy.auth.is_some_and(|a| a.check_bearer(h.value));
-        } else if name.eq_ignore_ascii_case("origin") || name.eq_ignore_ascii_case("cookie") {
+        } else if name.eq_ignore_ascii_case("origin")
+            || name.eq_ignore_ascii_case("cookie")
+            || name.eq_ignore_ascii_case("sec-fetch-site")
+        {
+            // A browser's request: the guard decides.
             return Head::Other;
-        } else if name.eq_ignore_ascii_case("sec-fetch-site") {
-            if !matches!(h.value, b"same-origin" | b"none") {
-                return Head::Other;
-            }
-        } else if name.eq_ignore_ascii_case("host") {
-            let loopback = std::str::from_utf8(h.value).is_ok_and(super::guard::is_loopback_name);
-            if policy.loopback_only && !loopback {
-                return Head::Other;
-            }
         } else if name.eq_ignore_ascii_case("connection") {
             let Ok(value) = std::str::from_utf8(h.value) else {
                 return Head::Other;
@@ -324,10 +310,7 @@ mod tests {
     /// Requests the guard must see are left to the framework.
     #[test]
     fn guarded_requests_are_handed_off() {
-        let open = Policy {
-            auth: None,
-            loopback_only: true,
-        };
+        let open = Policy { auth: None };
         let fast = |head: &str, p: &Policy<'_>| {
             matches!(parse_with(head.as_bytes(), p), Head::UpdateTask { .. })
         };
@@ -339,12 +322,9 @@ mod tests {
             "GET /updateTask HTTP/1.1\r\nHost: localhost\r\n\r\n",
             &open
         ));
-        assert!(fast(
-            "GET /updateTask HTTP/1.1\r\nSec-Fetch-Site: same-origin\r\n\r\n",
-            &open
-        ));
+        assert!(fast("GET /updateTask HTTP/1.1\r\nHost: a\r\n\r\n", &open));
         for head in [
-            "GET /updateTask HTTP/1.1\r\nHost: evil.example:8081\r\n\r\n",
+            "GET /updateTask HTTP/1.1\r\nSec-Fetch-Site: same-origin\r\n\r\n",
             "GET /updateTask HTTP/1.1\r\nOrigin: http://127.0.0.1:8081\r\n\r\n",
             "GET /updateTask HTTP/1.1\r\nSec-Fetch-Site: cross-site\r\n\r\n",
             "GET /updateTask HTTP/1.1\r\nCookie: a=b\r\n\r\n",
@@ -358,10 +338,7 @@ mod tests {
         std::fs::set_permissions(&path, perm).expect("chmod");
         let auth = Auth::load(&path).expect("tokens");
         let _ = std::fs::remove_file(&path);
-        let tokens = Policy {
-            auth: Some(&auth),
-            loopback_only: false,
-        };
+        let tokens = Policy { auth: Some(&auth) };
         assert!(fast(
             "GET /updateTask HTTP/1.1\r\nAuthorization: Bearer fast-path-token-0123456789\r\n\r\n",
             &tokens
@@ -414,6 +391,7 @@ mod tests {
             shutdown: rx,
             auth: None,
             loopback_only: true,
+            allowed_hosts: Vec::new(),
         }
     }
 

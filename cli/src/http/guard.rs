@@ -4,7 +4,10 @@
 //! - **Host** (loopback without tokens only): a browser page on another site
 //!   can make its name resolve to 127.0.0.1 (DNS rebinding) and then talk to us
 //!   "same-origin"; so, unless tokens protect the routes or `--insecure-listen`
-//!   was given, only loopback host names are served (403 `invalid_host`).
+//!   was given, a request from a browser (it has `Origin` or `Sec-Fetch-Site`,
+//!   which browsers send) must name a loopback host or one of `--allow-host`
+//!   (403 `invalid_host`). Other clients (curl, scripts, the legacy API's
+//!   clients) are not browsers and are served whatever `Host` they send.
 //! - **Origin**: a request that changes state (any method but GET and HEAD, and
 //!   the legacy `GET /updateTask`) sent by a page of another site — its `Origin`
 //!   names another host than `Host`, or `Sec-Fetch-Site` says `cross-site` or
@@ -24,7 +27,7 @@ use axum::response::Response;
 
 pub async fn guard(State(app): State<Shared>, req: Request, next: Next) -> Response {
     let headers = req.headers();
-    if app.loopback_only && !host_is_loopback(headers) {
+    if app.loopback_only && from_browser(headers) && !host_allowed(headers, &app.allowed_hosts) {
         return reply::error(StatusCode::FORBIDDEN, "invalid_host");
     }
     if changes_state(req.method(), req.uri().path()) && cross_site(headers) {
@@ -93,16 +96,34 @@ pub fn cross_site(headers: &HeaderMap) -> bool {
     )
 }
 
-/// A `Host` naming this machine's loopback (any port), or none at all (not a
-/// browser: HTTP/1.0 clients).
-pub fn host_is_loopback(headers: &HeaderMap) -> bool {
-    let Some(host) = headers.get(HOST) else {
-        return true;
-    };
-    let Ok(host) = host.to_str() else {
+/// Sent by a browser? Browsers add `Sec-Fetch-Site` to every request (and
+/// `Origin` to most); other clients do not.
+pub fn from_browser(headers: &HeaderMap) -> bool {
+    headers.contains_key("sec-fetch-site") || headers.contains_key(ORIGIN)
+}
+
+/// A `Host` naming this machine's loopback (any port) or an allowed name.
+pub fn host_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(host) = headers.get(HOST).and_then(|h| h.to_str().ok()) else {
         return false;
     };
     is_loopback_name(host)
+        || allowed
+            .iter()
+            .any(|a| host.eq_ignore_ascii_case(a) || strip_port(host).eq_ignore_ascii_case(a))
+}
+
+fn strip_port(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((name, port)) if !name.ends_with(']') || host.starts_with('[') => {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                name
+            } else {
+                host
+            }
+        }
+        _ => host,
+    }
 }
 
 pub fn is_loopback_name(host: &str) -> bool {
@@ -162,6 +183,19 @@ mod tests {
         assert!(changes_state(&Method::POST, "/jobs"));
         assert!(changes_state(&Method::GET, "/updateTask"));
         assert!(!changes_state(&Method::GET, "/jobs"));
+    }
+
+    #[test]
+    fn hosts() {
+        let allowed = vec!["jobs.example".to_string()];
+        let h = |v: &'static str| headers(&[("host", v)]);
+        assert!(host_allowed(&h("127.0.0.1:8081"), &allowed));
+        assert!(host_allowed(&h("jobs.example"), &allowed));
+        assert!(host_allowed(&h("jobs.example:443"), &allowed));
+        assert!(!host_allowed(&h("evil.example:8081"), &allowed));
+        assert!(!host_allowed(&HeaderMap::new(), &allowed));
+        assert!(from_browser(&headers(&[("sec-fetch-site", "same-origin")])));
+        assert!(!from_browser(&h("a")));
     }
 
     #[test]

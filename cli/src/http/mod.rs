@@ -110,6 +110,11 @@ pub struct Config {
     /// reach it can then submit and control jobd-http's user's jobs
     #[arg(long)]
     pub insecure_listen: bool,
+    /// A host name browsers may use to reach jobd-http without --token-file,
+    /// besides loopback names (e.g. the name a local reverse proxy passes on);
+    /// may be repeated
+    #[arg(long, value_name = "NAME")]
+    pub allow_host: Vec<String>,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -131,8 +136,10 @@ pub struct App {
     pub shutdown: watch::Receiver<bool>,
     /// The tokens, with `--token-file`.
     pub auth: Option<Arc<auth::Auth>>,
-    /// Serve only loopback host names (no tokens, no `--insecure-listen`).
+    /// Serve browsers only on loopback host names (no tokens, no
+    /// `--insecure-listen`), and those of `--allow-host`.
     pub loopback_only: bool,
+    pub allowed_hosts: Vec<String>,
     /// Every job's changes, for `/events`.
     pub hub: Arc<events::Hub>,
 }
@@ -293,6 +300,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         missing,
         shutdown: shutdown_rx.clone(),
         loopback_only: auth.is_none() && !config.insecure_listen,
+        allowed_hosts: config.allow_host.clone(),
         auth,
         hub,
     });
@@ -397,6 +405,7 @@ mod tests {
             shutdown: rx,
             auth: None,
             loopback_only: true,
+            allowed_hosts: Vec::new(),
         });
         let router = router(app, log::Stats::new(0));
         let call = |method: Method, path: String| {
