@@ -19,6 +19,7 @@
 
 pub mod backend;
 pub mod bins;
+pub mod browser;
 pub mod checks;
 pub mod crash;
 pub mod daemon;
