@@ -207,7 +207,8 @@ fn other_sites_cannot_change_anything() {
     let jobs_before = d.status_all().len();
     let stop = format!("/jobs/{id}/stop");
     let legacy = format!("/updateTask?id={id}&action=stop");
-    let attempts: [(&str, &str, Vec<(&str, &str)>); 5] = [
+    type Attempt<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>);
+    let attempts: [Attempt; 5] = [
         ("POST", &stop, vec![("Origin", EVIL)]),
         ("POST", &stop, vec![("Origin", "null")]),
         ("POST", &stop, vec![("Sec-Fetch-Site", "cross-site")]),
