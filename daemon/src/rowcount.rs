@@ -9,6 +9,8 @@
 //! equals the units the job will handle.
 
 use csv_core::{ReadRecordResult, Reader};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::thread::JoinHandle;
 
 /// Scratch space for fields; what they hold is thrown away.
 const OUT: usize = 8 * 1024;
@@ -67,6 +69,46 @@ impl RowCounter {
     }
 }
 
+/// Chunks a [`Counting`] thread may be behind the writes.
+const BEHIND: usize = 4;
+
+/// A [`RowCounter`] on a thread of its own, fed the chunks of an upload as they
+/// are written: counting (about 450 MiB/s here) then overlaps receiving and
+/// writing instead of adding to them.
+pub struct Counting {
+    tx: SyncSender<Vec<u8>>,
+    thread: JoinHandle<u64>,
+}
+
+impl Counting {
+    pub fn start() -> std::io::Result<Counting> {
+        let (tx, rx) = sync_channel::<Vec<u8>>(BEHIND);
+        let thread = std::thread::Builder::new()
+            .name("jobd-rowcount".into())
+            .spawn(move || {
+                let mut c = RowCounter::new();
+                for data in rx {
+                    c.feed(&data);
+                }
+                c.finish()
+            })?;
+        Ok(Counting { tx, thread })
+    }
+
+    /// The next piece of the file. Blocks while the counter is [`BEHIND`] chunks
+    /// behind: call it from a blocking thread.
+    pub fn feed(&self, data: Vec<u8>) {
+        let _ = self.tx.send(data);
+    }
+
+    /// The data rows (see [`RowCounter::finish`]); waits for the counter to
+    /// catch up, so call it from a blocking thread. `None` if it died.
+    pub fn finish(self) -> Option<u64> {
+        drop(self.tx);
+        self.thread.join().ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +154,15 @@ mod tests {
             assert_eq!(count(data), *rows, "{:?}", String::from_utf8_lossy(data));
             assert_eq!(count_bytewise(data), *rows, "bytewise {data:?}");
         }
+    }
+
+    #[test]
+    fn counting_on_a_thread() {
+        let c = Counting::start().expect("thread");
+        for piece in [&b"date,a\n1,\"x"[..], b"\ny\"\n2,", b"3\n"] {
+            c.feed(piece.to_vec());
+        }
+        assert_eq!(c.finish(), Some(2));
     }
 
     #[test]

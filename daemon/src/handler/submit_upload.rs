@@ -1,12 +1,12 @@
 //! `SubmitUpload`: receive the file's chunks into the store, then create the job
 //! with it. A client that goes away mid-upload leaves nothing behind. The data
-//! rows are counted as the chunks pass (see [`RowCounter`]), so the job has its
+//! rows are counted as the chunks pass (see [`Counting`]), so the job has its
 //! total from the start.
 
 use super::{check_rate, refuse, store_call, Context};
 use crate::connection::{ConnError, Connection};
 use crate::registry::{Caller, Refusal, Submission, SubmitInput};
-use crate::rowcount::RowCounter;
+use crate::rowcount::Counting;
 use crate::store::Upload;
 use jobd_protocol::{ErrorCode, Request, Response, UploadKind, CHUNK_SIZE};
 use std::sync::Arc;
@@ -14,16 +14,18 @@ use std::sync::Arc;
 /// Bytes gathered before they are handed to the store.
 const HAND_OVER: usize = 1 << 20;
 
-/// Writes `pending` to the upload on a blocking thread and counts its rows;
-/// gives all back (the buffer emptied).
+/// Writes `pending` to the upload on a blocking thread and hands a copy to the
+/// row counter (which may make it wait); gives all back (the buffer emptied).
 async fn hand_over(
     mut upload: Box<dyn Upload>,
     mut pending: Vec<u8>,
-    mut rows: RowCounter,
-) -> Result<(Box<dyn Upload>, Vec<u8>, RowCounter), Refusal> {
+    rows: Option<Counting>,
+) -> Result<(Box<dyn Upload>, Vec<u8>, Option<Counting>), Refusal> {
     store_call(move || {
         upload.write(&pending)?;
-        rows.feed(&pending);
+        if let Some(c) = &rows {
+            c.feed(pending.clone());
+        }
         pending.clear();
         Ok((upload, pending, rows))
     })
@@ -50,7 +52,10 @@ pub async fn handle(
     // Chunks are handed to the store a few at a time: each hand-over is a trip to
     // a blocking thread.
     let mut pending: Vec<u8> = Vec::with_capacity(HAND_OVER + CHUNK_SIZE);
-    let mut rows = RowCounter::new();
+    // Without a thread to count on, the job just has no total.
+    let mut rows = Counting::start()
+        .inspect_err(|e| tracing::warn!("cannot count the upload's rows: {e}"))
+        .ok();
     loop {
         match conn.read().await? {
             Some(Request::Chunk { data }) => {
@@ -111,7 +116,13 @@ pub async fn handle(
         kind: kind.into(),
         rate,
         input: SubmitInput::Upload(upload),
-        total: Some(rows.finish()),
+        total: match rows {
+            Some(c) => tokio::task::spawn_blocking(|| c.finish())
+                .await
+                .ok()
+                .flatten(),
+            None => None,
+        },
     };
     match ctx.registry.submit(caller, sub).await {
         Ok(info) => conn.send(&Response::Job(info)).await,
