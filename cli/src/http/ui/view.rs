@@ -52,8 +52,8 @@ impl JobView {
         // The average since the job was created: a first figure, refined live
         // by the page from the changes it sees.
         let secs = j.updated_at.saturating_sub(j.created_at) as f64 / 1000.0;
-        let throughput = (secs > 0.0 && handled > 0 && j.state != JobState::Queued)
-            .then(|| handled as f64 / secs);
+        let moving = matches!(j.state, JobState::Running | JobState::Completed);
+        let throughput = (secs > 0.0 && handled > 0 && moving).then(|| handled as f64 / secs);
         let eta = match (j.state, j.total, throughput) {
             (JobState::Running, Some(t), Some(r)) if r > 0.0 && t > handled => {
                 duration(((t - handled) as f64 / r).round() as u64)

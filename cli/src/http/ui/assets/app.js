@@ -170,7 +170,8 @@
   function drawSpark() {
     const line = $('#spark polyline');
     if (!line) return;
-    const max = Math.max(1, ...samples);
+    // Headroom above the highest sample, so a steady rate is a visible line.
+    const max = Math.max(1, ...samples) * 1.25;
     const n = samples.length;
     line.setAttribute('points', samples.map((v, i) =>
       (n === 1 ? 300 : (300 * i / (n - 1))).toFixed(1) + ',' + (46 - 44 * v / max).toFixed(1)
