@@ -336,8 +336,8 @@ fn unknown_variants_and_malformed_fields_are_bad_requests() {
     let d = Daemon::start();
     let mut obs = Observer::new(&d);
     let mut bodies: Vec<(String, Vec<u8>)> = Vec::new();
-    // Variant indices past the last request, in every varint width.
-    for idx in [12u8, 13, 50, 200, 250] {
+    // Variant indices past the last request (14, `ErrorsPage`), in every varint width.
+    for idx in [15u8, 16, 50, 200, 250] {
         bodies.push((format!("variant {idx}"), vec![idx]));
     }
     bodies.push(("variant 251 (u16)".into(), vec![0xfb, 0xfb, 0x00]));
