@@ -176,10 +176,6 @@ impl Worker {
     fn run_job(&self) -> Result<Outcome, KindError> {
         let (job, claim) = self.store.claim(self.seq)?;
         self.claim.set(Some(claim));
-        if job.state != StoredState::Public(JobState::Running) {
-            self.store
-                .release(&claim, StoredState::Public(JobState::Running), None)?;
-        }
         self.interrupt.store(false, Ordering::SeqCst);
         let mut batch = Batch::new();
         let mut run = kinds::open(job.kind, &context(&job), &*self.store, &mut batch)?;

@@ -49,6 +49,9 @@ pub enum StoreError {
     /// The server turned us away (permissions, no connection slots).
     #[error("{0}")]
     Refused(String),
+    /// The job outgrew what the store keeps for one job; the message says what.
+    #[error("{0}")]
+    TooLarge(String),
     /// Another job already has this id (ids are allocated without the store).
     #[error("job id {0} is already taken")]
     DuplicateId(String),
@@ -286,8 +289,10 @@ pub trait Store: Source {
         state: StoredState,
         error: Option<&str>,
     ) -> Result<(), StoreError>;
-    /// Takes a job for a worker: returns it as committed — after any commit of an
-    /// earlier claim still in flight — with the new claim.
+    /// Takes a job for a worker and marks it running: returns it as committed —
+    /// after any commit of an earlier claim still in flight — with the new claim.
+    /// (Nobody is told the job runs until its worker commits something, so the
+    /// mark need not be durable by itself.)
     fn claim(&self, seq: i64) -> Result<(JobRow, Claim), StoreError>;
     /// [`Store::set_state`] by the worker holding `claim`; refused (`Fenced`)
     /// once the job was claimed again.

@@ -1,7 +1,7 @@
 //! Job records in PostgreSQL: creation, state changes, row errors.
 
 use crate::store::{now_ms, JobRow, NewJob, StoreError, StoredState};
-use deadpool_postgres::GenericClient;
+use deadpool_postgres::{GenericClient, Object};
 use jobd_protocol::{JobState, RowError};
 use tokio_postgres::Row;
 
@@ -91,19 +91,28 @@ pub async fn load(c: &impl GenericClient, seq: i64) -> Result<JobRow, StoreError
     }
 }
 
-/// Raises the job's epoch and returns the job with it. The update waits for the
-/// row lock of any commit in flight, so what it returns includes that commit.
-pub async fn claim(c: &impl GenericClient, seq: i64) -> Result<(JobRow, i64), StoreError> {
-    let stmt = c
+/// Raises the job's epoch, marks it running and returns it with the epoch. The
+/// update waits for the row lock of any commit in flight, so what it returns
+/// includes that commit. It commits without waiting for the disk: a claim lost
+/// in a crash of the server is no claim, and the first batch committed under it
+/// (durably) makes it durable too.
+pub async fn claim(client: &mut Object, seq: i64) -> Result<(JobRow, i64), StoreError> {
+    let tx = client.transaction().await?;
+    tx.batch_execute("SET LOCAL synchronous_commit = off")
+        .await?;
+    let stmt = tx
         .prepare_cached(&format!(
-            "UPDATE jobd.jobs SET epoch = epoch + 1 WHERE seq = $1 RETURNING {JOB_COLUMNS}, epoch"
+            "UPDATE jobd.jobs SET epoch = epoch + 1, state = 'running', updated_at = $2
+             WHERE seq = $1 RETURNING {JOB_COLUMNS}, epoch"
         ))
         .await?;
-    let row = c
-        .query_opt(&stmt, &[&seq])
+    let row = tx
+        .query_opt(&stmt, &[&seq, &(now_ms() as i64)])
         .await?
         .ok_or_else(|| StoreError::Corrupt(format!("job {seq} vanished")))?;
-    Ok((job_of(&row)?, row.try_get(15)?))
+    let claimed = (job_of(&row)?, row.try_get(15)?);
+    tx.commit().await?;
+    Ok(claimed)
 }
 
 /// What a commit needs of its job's row.

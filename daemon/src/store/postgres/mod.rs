@@ -308,7 +308,7 @@ impl Store for PgStore {
     }
 
     fn claim(&self, seq: i64) -> Result<(JobRow, Claim), StoreError> {
-        let (job, epoch) = self.run(async { jobs::claim(&self.client().await?, seq).await })?;
+        let (job, epoch) = self.run(async { jobs::claim(&mut self.client().await?, seq).await })?;
         Ok((job, Claim { seq, epoch }))
     }
 

@@ -164,7 +164,7 @@ fn insert_records(
     }
     let stored = stored_records(conn, seq)?;
     if stored + records.len() as u64 > MAX_RECORDS {
-        return Err(StoreError::Corrupt(format!(
+        return Err(StoreError::TooLarge(format!(
             "more than {MAX_RECORDS} records in one upload: split the file"
         ))
         .into());

@@ -268,7 +268,15 @@ impl Store for SqliteStore {
     /// One daemon holds the state directory (its lock), and a killed process
     /// commits nothing more: claims need no epoch here.
     fn claim(&self, seq: i64) -> Result<(JobRow, Claim), StoreError> {
-        Ok((self.load_job(seq)?, Claim { seq, epoch: 0 }))
+        let job = self.write(|conn| {
+            conn.execute(
+                "UPDATE jobs SET state = 'running', updated_at = ?2
+                 WHERE seq = ?1 AND state <> 'running'",
+                rusqlite::params![seq, super::now_ms() as i64],
+            )?;
+            jobs::load(conn, seq)
+        })?;
+        Ok((job, Claim { seq, epoch: 0 }))
     }
 
     fn release(
