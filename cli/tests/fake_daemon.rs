@@ -41,6 +41,7 @@ fn job(id: &str, state: JobState) -> JobInfo {
         updated_at: 1_575_836_395_123,
         error: (failed && state.is_finished()).then(|| "too many row errors".to_string()),
         rate: None,
+        node: None,
     }
 }
 
@@ -64,7 +65,7 @@ async fn serve_conn(mut s: UnixStream) -> std::io::Result<()> {
         };
         let reply = match req {
             Request::Hello { .. } => Response::Welcome {
-                protocol_version: 1,
+                protocol_version: jobd_protocol::PROTOCOL_VERSION,
                 daemon_version: "9.9.9".into(),
                 user: "alice".into(),
             },
@@ -173,7 +174,7 @@ async fn serve_conn(mut s: UnixStream) -> std::io::Result<()> {
                 Response::End { count: 2 }
             }
             // Not used by these tests.
-            Request::Events | Request::Metrics | Request::ErrorsPage { .. } => {
+            Request::Events | Request::Metrics | Request::ErrorsPage { .. } | Request::Nodes => {
                 refuse(ErrorCode::BadRequest)
             }
         };

@@ -68,7 +68,7 @@ fn one_line_block(doc: &str, marker: &str) -> String {
 fn annotated_dumps_match_the_encoder() {
     let doc = doc();
     let hello = Request::Hello {
-        protocol_version: 1,
+        protocol_version: 2,
         client: "jobctl/0.1.0".into(),
     };
     assert_eq!(
@@ -93,8 +93,9 @@ fn annotated_dumps_match_the_encoder() {
         updated_at: 1_764_197_095_456,
         error: None,
         rate: Some(2.0),
+        node: None,
     });
-    assert_eq!(annotated_block(&doc, "(78 bytes):"), frame(&job));
+    assert_eq!(annotated_block(&doc, "(79 bytes):"), frame(&job));
     use jobd_protocol::metrics::{ControlTimes, Histogram, JobCount, UnitCount};
     use jobd_protocol::{Action, Metrics};
     let metrics = Response::Metrics(Metrics {
@@ -132,7 +133,7 @@ fn one_line_dumps_match_the_encoder() {
         (
             "(18 bytes):",
             frame(&Response::Welcome {
-                protocol_version: 1,
+                protocol_version: 2,
                 daemon_version: "0.1.0".into(),
                 user: "alice".into(),
             }),

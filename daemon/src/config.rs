@@ -48,6 +48,14 @@ pub struct Cli {
     #[arg(long)]
     pub max_running: Option<usize>,
 
+    /// This node's name among those sharing a PostgreSQL store: letters, digits, `.`, `_`, `-` [default: the host name]
+    #[arg(long, env = "JOBD_NODE", value_name = "NAME")]
+    pub node: Option<String>,
+
+    /// Seconds a node's claim on a running job lasts unless renewed; another node takes the job over once it runs out [default: 10]
+    #[arg(long, value_name = "SECONDS")]
+    pub lease_secs: Option<u64>,
+
     /// A job fails once it has more row errors than this [default: 100000]
     #[arg(long)]
     pub max_row_errors: Option<u64>,
@@ -88,6 +96,8 @@ pub struct FileConfig {
     pub pid_file: Option<PathBuf>,
     pub socket_group: Option<String>,
     pub max_running: Option<usize>,
+    pub node: Option<String>,
+    pub lease_secs: Option<u64>,
     pub max_row_errors: Option<u64>,
     pub max_frame: Option<u32>,
     pub max_upload_bytes: Option<u64>,
@@ -110,6 +120,8 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub socket_group: Option<String>,
     pub max_running: usize,
+    pub node: String,
+    pub lease_secs: u64,
     pub max_row_errors: u64,
     pub max_frame: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -185,6 +197,40 @@ pub fn read_file(cli_path: Option<&Path>) -> Result<(Option<PathBuf>, FileConfig
     Ok((Some(path), file))
 }
 
+/// The host name, as far as it makes a valid node name.
+fn default_node_name() -> String {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default();
+    let name: String = host
+        .chars()
+        .map(|c| if node_char(c) { c } else { '-' })
+        .take(MAX_NODE_NAME)
+        .collect();
+    if name.is_empty() {
+        "localhost".into()
+    } else {
+        name
+    }
+}
+
+/// Node names appear in logs, tables and the database: short and plain.
+const MAX_NODE_NAME: usize = 63;
+
+fn node_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+fn check_node_name(name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() || name.len() > MAX_NODE_NAME || !name.chars().all(node_char) {
+        return Err(ConfigError::Invalid(format!(
+            "node must be 1 to {MAX_NODE_NAME} letters, digits, '.', '_' or '-', not {name:?}"
+        )));
+    }
+    Ok(())
+}
+
 impl Config {
     /// Flags and environment first, then the file, then the defaults.
     pub fn resolve(cli: &Cli) -> Result<Config, ConfigError> {
@@ -256,6 +302,12 @@ impl Config {
             pid_file,
             socket_group: cli.socket_group.clone().or(file.socket_group),
             max_running,
+            node: cli
+                .node
+                .clone()
+                .or(file.node)
+                .unwrap_or_else(default_node_name),
+            lease_secs: cli.lease_secs.or(file.lease_secs).unwrap_or(10),
             max_row_errors: cli
                 .max_row_errors
                 .or(file.max_row_errors)
@@ -277,6 +329,13 @@ impl Config {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if self.max_running == 0 {
             return bad("max_running must be at least 1".into());
+        }
+        check_node_name(&self.node)?;
+        if !(2..=3600).contains(&self.lease_secs) {
+            return bad(format!(
+                "lease_secs must be between 2 and 3600 seconds, not {}",
+                self.lease_secs
+            ));
         }
         if !(1024..=HARD_MAX_FRAME).contains(&self.max_frame) {
             return bad(format!(

@@ -124,9 +124,15 @@ pub async fn run(
     let limits = Limits {
         max_running: config.max_running,
         max_row_errors: config.max_row_errors,
+        node: config.node.clone(),
+    };
+    let node = store::NodeSettings {
+        name: config.node.clone(),
+        max_running: config.max_running,
+        lease: Duration::from_secs(config.lease_secs),
     };
     let registry = tokio::task::spawn_blocking(move || {
-        let store = store.open()?;
+        let store = store.open(node)?;
         Registry::load(store, limits)
     })
     .await
@@ -145,6 +151,7 @@ pub async fn run(
     tracing::info!(
         socket = %socket.display(),
         state_dir = %config.state_dir.display(),
+        node = %config.node,
         activated,
         "jobd ready"
     );

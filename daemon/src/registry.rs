@@ -4,24 +4,31 @@
 //! One std mutex guards the maps; it is held only for bookkeeping, never across
 //! I/O or an `.await`. Store writes run on blocking threads and are committed before
 //! the caller is answered.
+//!
+//! On a store shared by several nodes the map is a mirror of every node's jobs,
+//! kept current by the store's change events, and this node claims its work from
+//! the store instead of a local queue (see `shared`). Controls are in `control`.
+
+mod control;
+mod shared;
 
 use crate::feed::Feed;
 use crate::kinds;
 use crate::metrics::Metrics;
 use crate::scheduler::Scheduler;
 use crate::store::{
-    now_ms, JobRow, NewJob, Progress, SharedStore, StoreError, StoredState, Upload,
+    now_ms, Claim, JobRow, NewJob, Progress, SharedStore, StoreError, StoredState, Upload,
 };
 use crate::trim::Activity;
 use crate::worker::{Control, ControlLine, Exit, Worker};
-use jobd_protocol::{Action, ErrorCode, JobInfo, JobKind, JobState};
+use jobd_protocol::{ErrorCode, JobInfo, JobKind, JobState, NodeInfo};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
 
-/// How long `stop` and `terminate` wait for a running worker to park.
-const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Ids tried for one submit when the store finds each taken (by another node).
+const ID_ATTEMPTS: usize = 16;
 
 /// A request the registry refuses, with the code clients see.
 #[derive(Debug, Clone)]
@@ -58,8 +65,9 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// By user name, not uid: one person is the same user on every node.
     pub fn may_see(&self, info: &JobInfo) -> bool {
-        self.uid == 0 || self.uid == info.owner_uid
+        self.uid == 0 || self.user == info.owner
     }
 }
 
@@ -84,6 +92,8 @@ pub enum SubmitInput {
 pub struct Limits {
     pub max_running: usize,
     pub max_row_errors: u64,
+    /// This node's name: what running jobs show as their node.
+    pub node: String,
 }
 
 pub struct Registry {
@@ -97,6 +107,14 @@ pub struct Registry {
     /// Every job change, for `Events` subscribers.
     feed: Feed,
     metrics: Arc<Metrics>,
+    node: String,
+    started_at: u64,
+    /// The store is shared with other nodes: work is claimed from it.
+    shared: bool,
+    /// Wakes the claimer (shared store): a slot freed, or a job became queued.
+    claim_wake: Notify,
+    /// The claimer task, until shutdown waits for it.
+    claimer: Mutex<Option<JoinHandle<()>>>,
 }
 
 struct State {
@@ -140,6 +158,14 @@ impl Entry {
     }
 }
 
+/// A stored state as clients see it: a terminate still rolling back is running.
+fn public(state: StoredState) -> JobState {
+    match state {
+        StoredState::Public(s) => s,
+        StoredState::Terminating => JobState::Running,
+    }
+}
+
 fn info_of(row: &JobRow, state: JobState) -> JobInfo {
     JobInfo {
         id: row.id.clone(),
@@ -154,6 +180,7 @@ fn info_of(row: &JobRow, state: JobState) -> JobInfo {
         updated_at: row.updated_at,
         error: row.error.clone(),
         rate: row.rate,
+        node: row.node.clone(),
     }
 }
 
@@ -168,9 +195,14 @@ async fn blocking<T: Send + 'static>(
 impl Registry {
     /// Loads every job from the store (which first finishes what a crash
     /// interrupted); jobs that were queued or running are queued again in creation
-    /// order.
+    /// order. On a shared store, only this node's running jobs are queued again
+    /// (for any node to claim); the others are as their nodes left them.
     pub fn load(store: SharedStore, limits: Limits) -> Result<Arc<Registry>, StoreError> {
-        let rows = store.recover()?;
+        let shared = store.cluster().is_some();
+        let rows = match shared {
+            true => shared::requeue_mine(&*store)?,
+            false => store.recover()?,
+        };
         let mut state = State {
             jobs: HashMap::with_capacity(rows.len()),
             reserved: HashSet::new(),
@@ -180,6 +212,7 @@ impl Registry {
         };
         for row in rows {
             let public = match row.state {
+                StoredState::Public(s) if shared => s,
                 StoredState::Public(JobState::Running | JobState::Queued) => {
                     state.scheduler.enqueue(row.id.clone());
                     JobState::Queued
@@ -208,6 +241,11 @@ impl Registry {
             activity: Activity::new(),
             feed: Feed::new(),
             metrics: Metrics::new(),
+            node: limits.node,
+            started_at: now_ms(),
+            shared,
+            claim_wake: Notify::new(),
+            claimer: Mutex::new(None),
         }))
     }
 
@@ -232,46 +270,53 @@ impl Registry {
         sub: Submission,
     ) -> Result<JobInfo, Refusal> {
         let created_at = now_ms();
-        let id = {
-            let mut st = self.lock();
-            if st.shutting_down {
-                return Err(Refusal::new(
-                    ErrorCode::ShuttingDown,
-                    "the daemon is shutting down",
-                ));
-            }
-            let id = allocate_id(&st, &caller.user, sub.kind, created_at / 1000);
-            st.reserved.insert(id.clone());
-            id
-        };
+        let first = self.reserve_id(&caller.user, sub.kind, created_at)?;
         let store = Arc::clone(&self.store);
+        let me = Arc::clone(self);
         let (owner_uid, owner) = (caller.uid, caller.user.clone());
-        let (id2, kind, rate, total) = (id.clone(), sub.kind, sub.rate, sub.total);
-        let inserted = blocking(move || {
-            let range = match &sub.input {
+        let (kind, rate, total) = (sub.kind, sub.rate, sub.total);
+        let mut input = sub.input;
+        let (id, inserted) = blocking(move || {
+            let range = match &input {
                 SubmitInput::Range(r) => r.clone(),
                 SubmitInput::Upload(_) => String::new(),
             };
-            let job = NewJob {
-                id: &id2,
-                kind,
-                owner_uid,
-                owner: &owner,
-                rate,
-                total: total.or_else(|| kinds::total_at_submit(kind, &range)),
-                input: &range,
-                created_at,
-            };
-            match sub.input {
-                SubmitInput::Upload(upload) => upload.create_job(&job),
-                SubmitInput::Range(_) => store.insert_job(&job),
+            let total = total.or_else(|| kinds::total_at_submit(kind, &range));
+            let mut id = first;
+            // Ids are drawn without the store: another node may have taken this one.
+            for attempt in 1.. {
+                let job = NewJob {
+                    id: &id,
+                    kind,
+                    owner_uid,
+                    owner: &owner,
+                    rate,
+                    total,
+                    input: &range,
+                    created_at,
+                };
+                let created = match &mut input {
+                    SubmitInput::Upload(upload) => upload.create_job(&job),
+                    SubmitInput::Range(_) => store.insert_job(&job),
+                };
+                match created {
+                    Err(StoreError::DuplicateId(_)) if attempt < ID_ATTEMPTS => {
+                        me.lock().reserved.remove(&id);
+                        id = me.reserve_id(&owner, kind, created_at)?;
+                    }
+                    r => return Ok((id, r)),
+                }
             }
-            .map_err(Refusal::storage)
+            unreachable!("the loop returns")
         })
-        .await;
+        .await?;
         let mut st = self.lock();
         st.reserved.remove(&id);
-        let row = inserted?;
+        let row = inserted.map_err(Refusal::storage)?;
+        // On a shared store the change event may have brought the job in first.
+        if let Some(e) = st.jobs.get(&id) {
+            return Ok(e.info.clone());
+        }
         let info = info_of(&row, JobState::Queued);
         st.jobs.insert(
             id.clone(),
@@ -283,57 +328,95 @@ impl Registry {
             }),
         );
         self.feed.publish(&info);
-        st.scheduler.enqueue(id);
+        if !self.shared {
+            st.scheduler.enqueue(id);
+        }
         self.dispatch(&mut st);
         Ok(info)
     }
 
-    /// Starts the jobs queued at load time.
+    /// Picks a free id and holds it until its job is in the map.
+    fn reserve_id(&self, user: &str, kind: JobKind, created_at: u64) -> Result<String, Refusal> {
+        let mut st = self.lock();
+        if st.shutting_down {
+            return Err(Refusal::new(
+                ErrorCode::ShuttingDown,
+                "the daemon is shutting down",
+            ));
+        }
+        let id = allocate_id(&st, user, kind, created_at / 1000);
+        st.reserved.insert(id.clone());
+        Ok(id)
+    }
+
+    /// Starts the jobs queued at load time; on a shared store, starts claiming
+    /// work and following every node's changes.
     pub fn start(self: &Arc<Self>) {
+        if self.shared {
+            shared::start(self);
+        }
         let mut st = self.lock();
         self.dispatch(&mut st);
     }
 
-    /// Starts queued jobs while there are free slots.
+    /// Starts queued jobs while there are free slots (on a shared store, the
+    /// claimer does).
     fn dispatch(self: &Arc<Self>, st: &mut State) {
         if st.shutting_down {
             return;
         }
-        while let Some(id) = st.scheduler.take_next() {
-            let Some(entry) = st.jobs.get_mut(&id) else {
-                st.scheduler.release();
-                continue;
-            };
-            let (line, rx, interrupt) = ControlLine::new();
-            entry.worker = Some(line);
-            entry.set_state(JobState::Running, &self.feed);
-            let reporter = Arc::downgrade(self);
-            let report_id = id.clone();
-            let w = Worker {
-                store: Arc::clone(&self.store),
-                seq: entry.seq,
-                controls: rx,
-                interrupt,
-                max_row_errors: self.max_row_errors,
-                claim: std::cell::Cell::new(None),
-                metrics: Arc::clone(&self.metrics),
-                report: Box::new(move |p: Progress| {
-                    if let Some(reg) = reporter.upgrade() {
-                        reg.progress(&report_id, p);
-                    }
-                }),
-            };
-            let me = Arc::clone(self);
-            let busy = self.activity.busy();
-            tokio::spawn(async move {
-                let _busy = busy;
-                let exit = match tokio::task::spawn_blocking(move || w.run()).await {
-                    Ok(exit) => exit,
-                    Err(e) => Exit::Failed(format!("the worker crashed: {e}")),
-                };
-                me.worker_exited(&id, exit).await;
-            });
+        if self.shared {
+            self.claim_wake.notify_one();
+            return;
         }
+        while let Some(id) = st.scheduler.take_next() {
+            if st.jobs.contains_key(&id) {
+                self.spawn_worker(st, &id, None);
+            } else {
+                st.scheduler.release();
+            }
+        }
+    }
+
+    /// Runs the job `id` (its slot taken) on a worker of its own; `claimed` is the
+    /// claim already made for it, if any.
+    fn spawn_worker(self: &Arc<Self>, st: &mut State, id: &str, claimed: Option<(JobRow, Claim)>) {
+        let Some(entry) = st.jobs.get_mut(id) else {
+            st.scheduler.release();
+            return;
+        };
+        let (line, rx, interrupt) = ControlLine::new();
+        entry.worker = Some(line);
+        entry.info.node = Some(self.node.clone());
+        entry.set_state(JobState::Running, &self.feed);
+        let reporter = Arc::downgrade(self);
+        let report_id = id.to_string();
+        let w = Worker {
+            store: Arc::clone(&self.store),
+            seq: entry.seq,
+            controls: rx,
+            interrupt,
+            max_row_errors: self.max_row_errors,
+            claim: std::cell::Cell::new(claimed.as_ref().map(|(_, c)| *c)),
+            claimed: std::cell::Cell::new(claimed),
+            metrics: Arc::clone(&self.metrics),
+            report: Box::new(move |p: Progress| {
+                if let Some(reg) = reporter.upgrade() {
+                    reg.progress(&report_id, p);
+                }
+            }),
+        };
+        let me = Arc::clone(self);
+        let busy = self.activity.busy();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            let _busy = busy;
+            let exit = match tokio::task::spawn_blocking(move || w.run()).await {
+                Ok(exit) => exit,
+                Err(e) => Exit::Failed(format!("the worker crashed: {e}")),
+            };
+            me.worker_exited(&id, exit).await;
+        });
     }
 
     fn progress(&self, id: &str, p: Progress) {
@@ -357,10 +440,36 @@ impl Registry {
             tracing::warn!(job = %id, error = %msg, "job failed");
             self.persist_failure(id, msg).await;
         }
+        if self.shared && exit != Exit::Shutdown {
+            // Show the job as the store has it (its times are the store's, as
+            // every node shows them); from memory only if the store is out of reach.
+            self.settle_exit(id, None);
+            if self.refresh(id).await.is_err() {
+                self.settle_exit(id, Some(exit));
+            }
+        } else {
+            self.settle_exit(id, Some(exit));
+        }
+        self.worker_ended.notify_waiters();
+    }
+
+    /// Frees the worker's slot (if it still holds one) and shows how it ended.
+    fn settle_exit(self: &Arc<Self>, id: &str, exit: Option<Exit>) {
         let mut st = self.lock();
-        st.scheduler.release();
+        let Some(e) = st.jobs.get_mut(id) else {
+            return;
+        };
+        if e.worker.take().is_some() {
+            st.scheduler.release();
+        }
+        let Some(exit) = exit else {
+            self.dispatch(&mut st);
+            return;
+        };
         if let Some(e) = st.jobs.get_mut(id) {
-            e.worker = None;
+            if exit != Exit::Shutdown {
+                e.info.node = None;
+            }
             match exit {
                 Exit::Completed => e.set_state(JobState::Completed, &self.feed),
                 Exit::Paused => e.set_state(JobState::Paused, &self.feed),
@@ -374,8 +483,6 @@ impl Registry {
             }
         }
         self.dispatch(&mut st);
-        drop(st);
-        self.worker_ended.notify_waiters();
     }
 
     /// A worker that could not even record its failure (store unreachable, panic)
@@ -429,199 +536,16 @@ impl Registry {
         Ok(subscribe_entry(e))
     }
 
-    /// Applies `action` to the job and answers once it has taken effect.
-    pub async fn control(
-        self: &Arc<Self>,
-        caller: &Caller,
-        id: &str,
-        action: Action,
-    ) -> Result<JobInfo, Refusal> {
-        let gate = {
-            let mut st = self.lock();
-            lookup(&st, caller, id)?;
-            Arc::clone(st.controlling.entry(id.to_string()).or_default())
-        };
-        let result = {
-            let _serial = gate.lock().await;
-            self.control_serialized(id, action).await
-        };
-        let mut st = self.lock();
-        if Arc::strong_count(&gate) == 2 {
-            st.controlling.remove(id);
-        }
-        result
-    }
-
-    async fn control_serialized(
-        self: &Arc<Self>,
-        id: &str,
-        action: Action,
-    ) -> Result<JobInfo, Refusal> {
-        // Loops only when a queued job started running under our feet.
-        loop {
-            if let Some(answer) = self.control_once(id, action).await {
-                return answer;
-            }
-        }
-    }
-
-    /// One attempt at a control; `None` means the job changed state meanwhile.
-    async fn control_once(
-        self: &Arc<Self>,
-        id: &str,
-        action: Action,
-    ) -> Option<Result<JobInfo, Refusal>> {
-        let (state, seq) = {
-            let st = self.lock();
-            match st.jobs.get(id) {
-                Some(e) => (e.info.state, e.seq),
-                None => return Some(Err(not_found(id))),
-            }
-        };
-        if state.is_finished() {
-            return Some(Err(finished(id, state)));
-        }
-        Some(match (action, state) {
-            (Action::Stop, JobState::Paused)
-            | (Action::Start, JobState::Queued | JobState::Running) => self.info(id),
-            (Action::Stop | Action::Terminate, JobState::Running) => {
-                let control = if action == Action::Stop {
-                    Control::Pause
-                } else {
-                    Control::Terminate
-                };
-                self.control_worker(id, control, action).await
-            }
-            (Action::Stop, JobState::Queued) => {
-                if !self.lock().scheduler.dequeue(id) {
-                    return None;
-                }
-                if let Err(e) = self.persist_state(seq, JobState::Paused).await {
-                    let mut st = self.lock();
-                    st.scheduler.enqueue(id.to_string());
-                    self.dispatch(&mut st);
-                    return Some(Err(e));
-                }
-                self.set_state(id, JobState::Paused)
-            }
-            (Action::Start, JobState::Paused) => {
-                if let Err(e) = self.persist_state(seq, JobState::Queued).await {
-                    return Some(Err(e));
-                }
-                let mut st = self.lock();
-                let info = match st.jobs.get_mut(id) {
-                    Some(e) => {
-                        e.set_state(JobState::Queued, &self.feed);
-                        e.info.clone()
-                    }
-                    None => return Some(Err(not_found(id))),
-                };
-                st.scheduler.enqueue(id.to_string());
-                self.dispatch(&mut st);
-                Ok(info)
-            }
-            (Action::Terminate, JobState::Queued | JobState::Paused) => {
-                if !self.lock().scheduler.dequeue(id) && state == JobState::Queued {
-                    return None;
-                }
-                let store = Arc::clone(&self.store);
-                let undone = blocking(move || store.terminate(seq).map_err(Refusal::storage)).await;
-                undone.and_then(|()| self.set_state(id, JobState::Terminated))
-            }
-            (_, s) => Err(finished(id, s)),
-        })
-    }
-
-    /// Sends a control to the running worker and waits until it has parked or ended.
-    async fn control_worker(
-        &self,
-        id: &str,
-        control: Control,
-        action: Action,
-    ) -> Result<JobInfo, Refusal> {
-        // A worker parks only once the store has recorded it: while the store is
-        // out of reach, a control would only wait out its time.
-        if !self.store.is_available() {
-            return Err(unavailable(id));
-        }
-        let mut rx = {
-            let mut st = self.lock();
-            let e = st.jobs.get_mut(id).ok_or_else(|| not_found(id))?;
-            let rx = subscribe_entry(e);
-            if let Some(w) = &e.worker {
-                // A worker that already ended has dropped its receiver; the state
-                // change it made is what we wait for below.
-                w.send(control);
-            }
-            rx
-        };
-        let settled = tokio::time::timeout(
-            CONTROL_TIMEOUT,
-            rx.wait_for(|i| i.state != JobState::Running && i.state != JobState::Queued),
-        )
-        .await;
-        let info = match settled {
-            Ok(Ok(info)) => info.clone(),
-            Ok(Err(_)) => return Err(Refusal::new(ErrorCode::Internal, "job vanished")),
-            // The control stays with the worker, which obeys once the store is back.
-            Err(_) if !self.store.is_available() => {
-                return Err(Refusal::new(
-                    ErrorCode::StorageUnavailable,
-                    format!(
-                        "the store could not be reached within {} s: {id} parks once it is back",
-                        CONTROL_TIMEOUT.as_secs()
-                    ),
-                ))
-            }
-            Err(_) => {
-                return Err(Refusal::new(
-                    ErrorCode::WorkerUnresponsive,
-                    format!(
-                        "the worker of {id} did not park within {} s",
-                        CONTROL_TIMEOUT.as_secs()
-                    ),
-                ))
-            }
-        };
-        let wanted = if action == Action::Stop {
-            JobState::Paused
-        } else {
-            JobState::Terminated
-        };
-        if info.state == wanted {
-            Ok(info)
-        } else {
-            Err(finished(id, info.state))
-        }
-    }
-
-    async fn persist_state(&self, seq: i64, state: JobState) -> Result<(), Refusal> {
-        let store = Arc::clone(&self.store);
-        blocking(move || {
-            store
-                .set_state(seq, StoredState::Public(state), None)
-                .map_err(Refusal::storage)
-        })
-        .await
-    }
-
-    fn set_state(&self, id: &str, state: JobState) -> Result<JobInfo, Refusal> {
-        let mut st = self.lock();
-        let e = st.jobs.get_mut(id).ok_or_else(|| not_found(id))?;
-        e.set_state(state, &self.feed);
-        Ok(e.info.clone())
-    }
-
-    fn info(&self, id: &str) -> Result<JobInfo, Refusal> {
-        let st = self.lock();
-        st.jobs
-            .get(id)
-            .map(|e| e.info.clone())
-            .ok_or_else(|| not_found(id))
-    }
-
-    /// Stops starting jobs, asks every worker to checkpoint, and waits until all have.
+    /// Stops starting jobs, asks every worker to checkpoint, and waits until all
+    /// have. On a shared store, this node's jobs are then handed back at once.
     pub async fn shutdown(&self) {
+        self.stop_workers().await;
+        if self.shared {
+            shared::leave(self).await;
+        }
+    }
+
+    async fn stop_workers(&self) {
         loop {
             let notified = self.worker_ended.notified();
             tokio::pin!(notified);
@@ -629,6 +553,7 @@ impl Registry {
             {
                 let mut st = self.lock();
                 st.shutting_down = true;
+                self.claim_wake.notify_one();
                 if st.scheduler.running() == 0 {
                     return;
                 }
@@ -643,8 +568,29 @@ impl Registry {
     }
 }
 
-/// For `Events` and `Metrics`.
+/// For `Events`, `Metrics` and `Nodes`.
 impl Registry {
+    /// Every node on the store, or this one alone.
+    pub async fn nodes(self: &Arc<Self>) -> Result<Vec<NodeInfo>, Refusal> {
+        if self.shared {
+            let store = Arc::clone(&self.store);
+            return blocking(move || match store.cluster() {
+                Some(c) => c.nodes().map_err(Refusal::storage),
+                None => Ok(Vec::new()),
+            })
+            .await;
+        }
+        let st = self.lock();
+        Ok(vec![NodeInfo {
+            name: self.node.clone(),
+            started_at: self.started_at,
+            heartbeat_age_ms: 0,
+            running: st.scheduler.running() as u32,
+            max_running: st.scheduler.max_running() as u32,
+            stopped: st.shutting_down,
+        }])
+    }
+
     /// Every job change from now on; the receiver filters what its caller may see.
     pub fn feed(&self) -> &Feed {
         &self.feed
@@ -712,22 +658,8 @@ fn lookup<'a>(st: &'a State, caller: &Caller, id: &str) -> Result<&'a Entry, Ref
     Ok(e)
 }
 
-fn unavailable(id: &str) -> Refusal {
-    Refusal::new(
-        ErrorCode::StorageUnavailable,
-        format!("the store cannot be reached, so {id} cannot be controlled now; try again"),
-    )
-}
-
 fn not_found(id: &str) -> Refusal {
     Refusal::new(ErrorCode::IdDoesntExist, format!("no job with id {id:?}"))
-}
-
-fn finished(id: &str, state: JobState) -> Refusal {
-    Refusal::new(
-        ErrorCode::JobFinished,
-        format!("job {id} has already ended ({state})"),
-    )
 }
 
 /// `<user>-<kind>-<unix seconds>-<n>`: `n` drawn among the numbers still free for

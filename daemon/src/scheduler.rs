@@ -41,6 +41,20 @@ impl Scheduler {
         Some(id)
     }
 
+    /// Takes a slot for a job that is not in this queue (claimed from a shared
+    /// store), if one is free.
+    pub fn occupy(&mut self) -> bool {
+        if self.running >= self.max_running {
+            return false;
+        }
+        self.running += 1;
+        true
+    }
+
+    pub fn max_running(&self) -> usize {
+        self.max_running
+    }
+
     /// A running job released its slot.
     pub fn release(&mut self) {
         self.running = self.running.saturating_sub(1);

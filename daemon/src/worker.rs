@@ -12,7 +12,8 @@ mod committer;
 
 use crate::kinds::{self, JobContext, JobRun, KindError, Step};
 use crate::store::{
-    Batch, Claim, CommitError, End, JobRow, Progress, Seal, SharedStore, StoreError, StoredState,
+    Batch, Claim, CommitError, End, Expect, JobRow, Progress, Seal, SharedStore, StoreError,
+    StoredState,
 };
 use committer::{Committer, SealedBatch};
 use jobd_protocol::{JobState, RowError};
@@ -99,6 +100,9 @@ pub struct Worker {
     pub max_row_errors: u64,
     /// The latest claim on the job, once made.
     pub claim: Cell<Option<Claim>>,
+    /// The job as claimed for this worker before it started (a shared store's
+    /// claimer claims first); the first run uses it instead of claiming.
+    pub claimed: Cell<Option<(JobRow, Claim)>>,
     /// Commit times are recorded here.
     pub metrics: Arc<crate::metrics::Metrics>,
 }
@@ -174,9 +178,20 @@ impl Worker {
     /// next one (at most one commit in flight, as each starts from the counts the
     /// one before committed): reading and parsing go on while the store writes.
     fn run_job(&self) -> Result<Outcome, KindError> {
-        let (job, claim) = self.store.claim(self.seq)?;
+        let (job, claim) = match self.claimed.take() {
+            Some(claimed) => claimed,
+            None => self.store.claim(self.seq)?,
+        };
         self.claim.set(Some(claim));
         self.interrupt.store(false, Ordering::SeqCst);
+        // Asked of this node while it was away (or of the node before it).
+        match job.pending {
+            Some(jobd_protocol::Action::Stop) => return Ok(Outcome::Control(Control::Pause)),
+            Some(jobd_protocol::Action::Terminate) => {
+                return Ok(Outcome::Control(Control::Terminate))
+            }
+            _ => {}
+        }
         let mut batch = Batch::new();
         let mut run = kinds::open(job.kind, &context(&job), &*self.store, &mut batch)?;
         let mut committed = Progress {
@@ -376,12 +391,17 @@ impl Worker {
     fn obey(&self, control: Control) -> Result<Exit, KindError> {
         Ok(match control {
             Control::Pause => {
-                self.set_state(StoredState::Public(JobState::Paused), None)?;
+                let claim = self.held()?;
+                self.store
+                    .release(&claim, StoredState::Public(JobState::Paused), None)?;
                 Exit::Paused
             }
             Control::Shutdown => Exit::Shutdown,
             Control::Terminate => {
-                self.store.terminate(self.seq)?;
+                let claim = self.held()?;
+                if !self.store.terminate(self.seq, Expect::Claim(&claim))? {
+                    return Err(StoreError::Fenced(self.seq).into());
+                }
                 Exit::Terminated
             }
         })
@@ -403,6 +423,16 @@ impl Worker {
             Some(claim) => self.store.release(&claim, state, error),
             None => self.store.set_state(self.seq, state, error),
         }
+    }
+
+    /// This worker's claim, made now if the store was out of reach until now.
+    fn held(&self) -> Result<Claim, StoreError> {
+        if let Some(claim) = self.claim.get() {
+            return Ok(claim);
+        }
+        let (_, claim) = self.store.claim(self.seq)?;
+        self.claim.set(Some(claim));
+        Ok(claim)
     }
 }
 

@@ -7,6 +7,7 @@ use crate::frame::{self, FrameError, DEFAULT_MAX_FRAME};
 use crate::job::{JobInfo, RowError, UploadKind};
 use crate::message::{Request, Response};
 use crate::metrics::Metrics;
+use crate::node::NodeInfo;
 use crate::{CHUNK_SIZE, PROTOCOL_VERSION};
 use std::io;
 use std::path::Path;
@@ -320,6 +321,14 @@ impl Client {
     pub async fn metrics(&mut self) -> Result<Metrics, ClientError> {
         match self.call(&Request::Metrics).await? {
             Response::Metrics(m) => Ok(m),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The nodes sharing the daemon's store.
+    pub async fn nodes(&mut self) -> Result<Vec<NodeInfo>, ClientError> {
+        match self.call(&Request::Nodes).await? {
+            Response::Nodes(n) => Ok(n),
             other => Err(unexpected(other)),
         }
     }

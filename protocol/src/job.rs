@@ -169,6 +169,8 @@ pub struct JobInfo {
     pub error: Option<String>,
     /// Units per second, if throttled.
     pub rate: Option<f64>,
+    /// The node running the job, while one does (protocol version 2).
+    pub node: Option<String>,
 }
 
 /// One rejected unit: its 1-based data row (the header is not counted) and why.

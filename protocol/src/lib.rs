@@ -10,6 +10,7 @@ pub mod frame;
 pub mod job;
 pub mod message;
 pub mod metrics;
+pub mod node;
 pub mod paths;
 pub mod peer;
 
@@ -19,9 +20,10 @@ pub use frame::{FrameError, DEFAULT_MAX_FRAME};
 pub use job::{Action, JobInfo, JobKind, JobState, RowError, UploadKind};
 pub use message::{Request, Response};
 pub use metrics::Metrics;
+pub use node::NodeInfo;
 
 /// Version of the protocol spoken by this crate; `Hello` and `Welcome` carry it.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Size of the data carried by one `Chunk` frame when streaming files.
 pub const CHUNK_SIZE: usize = 256 * 1024;

@@ -4,6 +4,7 @@
 use crate::error::ErrorCode;
 use crate::job::{JobInfo, RowError, UploadKind};
 use crate::metrics::Metrics;
+use crate::node::NodeInfo;
 use serde::{Deserialize, Serialize};
 
 /// What a client sends. One request at a time per connection; `Chunk` and `End`
@@ -74,6 +75,9 @@ pub enum Request {
         after: u64,
         limit: u32,
     },
+    /// The nodes sharing the daemon's store (one, the daemon itself, on SQLite),
+    /// answered by one `Nodes` frame.
+    Nodes,
 }
 
 /// What the daemon sends.
@@ -107,6 +111,8 @@ pub enum Response {
     },
     /// The answer to `Metrics`.
     Metrics(Metrics),
+    /// The answer to `Nodes`.
+    Nodes(Vec<NodeInfo>),
 }
 
 impl Response {

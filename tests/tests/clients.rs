@@ -68,7 +68,7 @@ fn silent_and_trickling_clients_are_dropped_after_the_timeouts() {
     })
     .expect("encode");
     let hello = jobd_protocol::frame::encode(&Request::Hello {
-        protocol_version: 1,
+        protocol_version: jobd_protocol::PROTOCOL_VERSION,
         client: "a slow client".into(),
     })
     .expect("encode");

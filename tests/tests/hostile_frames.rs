@@ -336,8 +336,8 @@ fn unknown_variants_and_malformed_fields_are_bad_requests() {
     let d = Daemon::start();
     let mut obs = Observer::new(&d);
     let mut bodies: Vec<(String, Vec<u8>)> = Vec::new();
-    // Variant indices past the last request (14, `ErrorsPage`), in every varint width.
-    for idx in [15u8, 16, 50, 200, 250] {
+    // Variant indices past the last request (15, `Nodes`), in every varint width.
+    for idx in [16u8, 17, 50, 200, 250] {
         bodies.push((format!("variant {idx}"), vec![idx]));
     }
     bodies.push(("variant 251 (u16)".into(), vec![0xfb, 0xfb, 0x00]));
@@ -396,7 +396,7 @@ fn valid_frames_in_an_invalid_order() {
     let d = Daemon::start();
     let mut obs = Observer::new(&d);
     let hello = Request::Hello {
-        protocol_version: 1,
+        protocol_version: jobd_protocol::PROTOCOL_VERSION,
         client: "again".into(),
     };
     let chunk = Request::Chunk {

@@ -10,6 +10,7 @@ mod control;
 mod errors;
 mod export;
 mod metrics;
+mod nodes;
 mod output;
 mod ping;
 mod progress;
@@ -132,6 +133,8 @@ pub enum Command {
     Errors { id: String },
     /// Check that the daemon answers
     Ping,
+    /// List the nodes sharing the daemon's store, with their heartbeat age and running jobs
+    Nodes,
     /// Print the daemon's counters in the Prometheus text format (as jobd-http's /metrics)
     Metrics,
     /// Print the completion script for SHELL (bash, zsh, fish, elvish, powershell)
@@ -272,6 +275,7 @@ pub async fn run(cli: Cli) -> Result<Outcome, Error> {
         Command::Output { id, output } => output::run(&ctx, &id, output.as_deref()).await,
         Command::Errors { id } => errors::run(&ctx, &id).await,
         Command::Ping => ping::run(&ctx).await,
+        Command::Nodes => nodes::run(&ctx).await,
         Command::Metrics => metrics::run(&ctx).await,
         Command::Completions { shell } => completions::run(shell),
     }

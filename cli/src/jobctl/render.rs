@@ -1,6 +1,6 @@
 //! How jobs look: JSON objects, table rows, progress lines and RFC 3339 times.
 
-use jobd_protocol::{JobInfo, RowError};
+use jobd_protocol::{JobInfo, NodeInfo, RowError};
 use serde_json::{json, Value};
 
 /// Formats unix milliseconds as RFC 3339 UTC with milliseconds: `2026-11-26T22:44:50.123Z`.
@@ -48,6 +48,7 @@ pub fn job_json(job: &JobInfo) -> Value {
         "updated_at": rfc3339_ms(job.updated_at),
         "error": job.error,
         "rate": job.rate,
+        "node": job.node,
     })
 }
 
@@ -99,24 +100,27 @@ pub fn control_line(job: &JobInfo, action: &str) -> String {
     }
 }
 
-/// The status table: ID, KIND, STATE, PROCESSED, FAILED, TOTAL, ERROR (`-` for none).
+/// The status table: ID, KIND, STATE, NODE, PROCESSED, FAILED, TOTAL, ERROR (`-`
+/// for none).
 pub fn status_table(jobs: &[JobInfo]) -> String {
-    const HEADER: [&str; 7] = [
+    const HEADER: [&str; 8] = [
         "ID",
         "KIND",
         "STATE",
+        "NODE",
         "PROCESSED",
         "FAILED",
         "TOTAL",
         "ERROR",
     ];
-    let rows: Vec<[String; 7]> = jobs
+    let rows: Vec<[String; 8]> = jobs
         .iter()
         .map(|j| {
             [
                 j.id.clone(),
                 j.kind.as_str().to_string(),
                 j.state.as_str().to_string(),
+                j.node.clone().unwrap_or_else(|| "-".into()),
                 j.processed.to_string(),
                 j.failed.to_string(),
                 total_str(j.total),
@@ -124,23 +128,74 @@ pub fn status_table(jobs: &[JobInfo]) -> String {
             ]
         })
         .collect();
-    let mut widths = HEADER.map(str::len);
-    for row in &rows {
+    table(&HEADER, &rows, 4..=6)
+}
+
+/// The nodes table: NAME, STATE, RUNNING (of at most), HEARTBEAT age, STARTED.
+pub fn nodes_table(nodes: &[NodeInfo], now_ms: u64) -> String {
+    const HEADER: [&str; 5] = ["NAME", "STATE", "RUNNING", "HEARTBEAT", "STARTED"];
+    let rows: Vec<[String; 5]> = nodes
+        .iter()
+        .map(|n| {
+            [
+                n.name.clone(),
+                node_state(n).to_string(),
+                format!("{}/{}", n.running, n.max_running),
+                age(n.heartbeat_age_ms),
+                format!("{} ago", age(now_ms.saturating_sub(n.started_at))),
+            ]
+        })
+        .collect();
+    table(&HEADER, &rows, 2..=3)
+}
+
+/// `up`, `stopped` (left cleanly) or `silent` (no heartbeat for a minute: dead,
+/// or cut off; its jobs are taken over once their leases run out).
+pub fn node_state(n: &NodeInfo) -> &'static str {
+    if n.stopped {
+        "stopped"
+    } else if n.heartbeat_age_ms > 60_000 {
+        "silent"
+    } else {
+        "up"
+    }
+}
+
+/// `850ms`, `12.3s`, `4m05s`, `3h12m`, `5d02h`.
+fn age(ms: u64) -> String {
+    let s = ms / 1000;
+    match ms {
+        0..=999 => format!("{ms}ms"),
+        1000..=59_999 => format!("{}.{}s", s, ms % 1000 / 100),
+        60_000..=3_599_999 => format!("{}m{:02}s", s / 60, s % 60),
+        3_600_000..=86_399_999 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// Columns padded to their widest cell, the last one unpadded; the columns in
+/// `right` (numbers) right-aligned.
+fn table<const N: usize>(
+    header: &[&str; N],
+    rows: &[[String; N]],
+    right: std::ops::RangeInclusive<usize>,
+) -> String {
+    let mut widths = header.map(str::len);
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    let header = HEADER.map(str::to_string);
-    for row in std::iter::once(&header).chain(&rows) {
+    let header = header.map(str::to_string);
+    for row in std::iter::once(&header).chain(rows) {
         let mut line = String::new();
         for (i, cell) in row.iter().enumerate() {
             if i + 1 == row.len() {
                 line.push_str(cell);
             } else {
                 let pad = widths[i] - cell.chars().count();
-                // Numbers right-aligned, words left-aligned.
-                if (3..=5).contains(&i) {
+                if right.contains(&i) {
                     line.push_str(&" ".repeat(pad));
                     line.push_str(cell);
                 } else {
@@ -181,6 +236,7 @@ mod tests {
             updated_at: 1_795_560_290_123,
             error: None,
             rate: Some(0.5),
+            node: None,
         }
     }
 
@@ -264,5 +320,29 @@ mod tests {
         assert!(lines[0].ends_with("ERROR"));
         assert!(lines[2].ends_with("too many errors"));
         assert!(lines[1].ends_with(" -"));
+        assert!(lines[0].contains(" NODE "));
+    }
+
+    #[test]
+    fn nodes() {
+        let n = |name: &str, age, stopped| NodeInfo {
+            name: name.into(),
+            started_at: 1_000,
+            heartbeat_age_ms: age,
+            running: 1,
+            max_running: 4,
+            stopped,
+        };
+        let t = nodes_table(
+            &[n("a", 850, false), n("bb", 125_000, false), n("c", 3, true)],
+            3_601_000,
+        );
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "NAME  STATE    RUNNING  HEARTBEAT  STARTED");
+        assert_eq!(lines[1], "a     up           1/4      850ms  1h00m ago");
+        assert_eq!(lines[2], "bb    silent       1/4      2m05s  1h00m ago");
+        assert_eq!(lines[3], "c     stopped      1/4        3ms  1h00m ago");
+        assert_eq!(age(12_345), "12.3s");
+        assert_eq!(age(5 * 86_400_000 + 7_200_000), "5d02h");
     }
 }

@@ -6,6 +6,7 @@ mod errors;
 mod errors_page;
 mod events;
 mod metrics;
+mod nodes;
 mod output;
 mod ping;
 mod status;
@@ -51,6 +52,7 @@ pub async fn handle(
         Request::Errors { id } => errors::handle(conn, ctx, caller, &id).await,
         Request::Events => events::handle(conn, ctx, caller).await,
         Request::Metrics => metrics::handle(conn, ctx).await,
+        Request::Nodes => nodes::handle(conn, ctx).await,
         Request::ErrorsPage { id, after, limit } => {
             errors_page::handle(conn, ctx, caller, &id, after, limit).await
         }

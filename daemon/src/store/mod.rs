@@ -18,9 +18,10 @@ mod url;
 pub use batch::{tally, Batch, Record, Team};
 pub use url::StoreUrl;
 
-use jobd_protocol::{JobKind, JobState, RowError};
+use jobd_protocol::{Action, JobKind, JobState, NodeInfo, RowError};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 use thiserror::Error;
 
 /// A date as days since 1970-01-01 (see [`crate::dates`]).
@@ -152,6 +153,10 @@ pub struct JobRow {
     pub input: String,
     /// Where the kind resumes (its own JSON), once a batch has committed.
     pub cursor: Option<String>,
+    /// The node running the job (on a shared store), while one does.
+    pub node: Option<String>,
+    /// A stop or terminate asked of the node running the job, not obeyed yet.
+    pub pending: Option<Action>,
 }
 
 /// A worker's hold on a job. Each claim of a job has a higher epoch than the last;
@@ -162,6 +167,14 @@ pub struct JobRow {
 pub struct Claim {
     pub seq: i64,
     pub epoch: i64,
+}
+
+/// What a state change expects of the job: to be held by this claim, or to be in
+/// one of these states. A job that is not is left alone.
+#[derive(Debug, Clone, Copy)]
+pub enum Expect<'a> {
+    Claim(&'a Claim),
+    States(&'a [JobState]),
 }
 
 /// Committed counts of a job.
@@ -257,8 +270,9 @@ pub trait Upload: Send {
     fn write(&mut self, data: &[u8]) -> Result<(), StoreError>;
     fn written(&self) -> u64;
     /// Makes the upload durable and creates its job reading it: afterwards both
-    /// exist, or neither does.
-    fn create_job(self: Box<Self>, job: &NewJob<'_>) -> Result<JobRow, StoreError>;
+    /// exist, or neither does. On `DuplicateId` the upload is intact and the
+    /// call may be made again with another id.
+    fn create_job(&mut self, job: &NewJob<'_>) -> Result<JobRow, StoreError>;
 }
 
 /// What job kinds read: their input, and for exports the baseline records.
@@ -313,8 +327,12 @@ pub trait Store: Source {
         interrupt: &AtomicBool,
     ) -> Result<Progress, CommitError>;
     /// Undoes every effect of the job and ends it as `terminated`, in one
-    /// transaction; its input and output go too.
-    fn terminate(&self, seq: i64) -> Result<(), StoreError>;
+    /// transaction; its input and output go too. False when the job was not as
+    /// expected (nothing happened).
+    fn terminate(&self, seq: i64, expect: Expect<'_>) -> Result<bool, StoreError>;
+    /// Moves a job no worker holds from `from` to `to` (queued ⇄ paused); false
+    /// when it was not in `from` any more (claimed meanwhile, or changed).
+    fn transition(&self, seq: i64, from: JobState, to: JobState) -> Result<bool, StoreError>;
     /// Up to `limit` row errors after row `after`, in row order.
     fn row_errors(&self, seq: i64, after: u64, limit: usize) -> Result<Vec<RowError>, StoreError>;
     /// The output of a completed export.
@@ -325,6 +343,57 @@ pub trait Store: Source {
     }
     /// Gives back memory held for bursts of work; called when the daemon is idle.
     fn shrink(&self) {}
+    /// The other nodes on the same store, when it is shared.
+    fn cluster(&self) -> Option<&dyn Cluster> {
+        None
+    }
+}
+
+/// This node among those sharing a store.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    pub name: String,
+    pub max_running: usize,
+    /// How long a claim lasts unless the node renews it.
+    pub lease: Duration,
+}
+
+/// What the store hears of jobs changed by any node (this one included).
+#[derive(Debug)]
+pub enum Event {
+    /// The job as committed now (new, changed, or taken by some node).
+    Job(Box<JobRow>),
+    /// The job with this seq is gone.
+    Gone(i64),
+    /// Changes may have been missed (the store was out of reach): reload all.
+    Resync,
+}
+
+/// A store shared by several nodes (PostgreSQL). Each node claims queued work
+/// first in, first out, holds a lease on each job it runs (renewed by the store
+/// while the node lives), and hears of every change to any job.
+pub trait Cluster: Send + Sync {
+    fn node(&self) -> &NodeSettings;
+    /// Claims the next job this node should run — queued, or running on a node
+    /// whose lease ran out — and marks it running here. A job with a pending stop
+    /// or terminate is parked or terminated instead, and the next one tried.
+    fn claim_next(&self) -> Result<Option<(JobRow, Claim)>, StoreError>;
+    /// Asks the node running a job to stop or terminate it (it hears of it as a
+    /// change of the job); false when the job was no longer running.
+    fn request_control(&self, seq: i64, action: Action) -> Result<bool, StoreError>;
+    /// Every node that ever joined, newest heartbeat first.
+    fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError>;
+    /// Gives this node's running jobs back to the queue at once, fencing any
+    /// worker of this node that would still commit; a stop or terminate asked
+    /// of them meanwhile still holds.
+    fn release_all(&self) -> Result<(), StoreError>;
+    /// [`Cluster::release_all`], and marks this node stopped (a clean stop).
+    fn leave(&self) -> Result<(), StoreError>;
+    /// How long until the lease of a job running on another node runs out, if
+    /// any runs elsewhere: when to look for work to take over.
+    fn next_expiry(&self) -> Result<Option<Duration>, StoreError>;
+    /// The changes of every job, as they commit. Taken once.
+    fn events(&self) -> Option<tokio::sync::mpsc::Receiver<Event>>;
 }
 
 /// The store every part of the daemon shares.
@@ -357,11 +426,11 @@ pub fn prepare(url: &StoreUrl, state_dir: &std::path::Path) -> Result<Prepared, 
 }
 
 impl Prepared {
-    /// The store the daemon runs on; call inside the runtime.
-    pub fn open(self) -> Result<SharedStore, StoreError> {
+    /// The store the daemon runs on, as `node`; call inside the runtime.
+    pub fn open(self, node: NodeSettings) -> Result<SharedStore, StoreError> {
         Ok(match self {
             Prepared::Sqlite(s) => Arc::new(s),
-            Prepared::Postgres(c) => Arc::new(c.open()?),
+            Prepared::Postgres(c) => Arc::new(c.open(node)?),
         })
     }
 }

@@ -577,6 +577,7 @@ mod tests {
             updated_at: 0,
             error: Some("<script>alert(2)</script>".into()),
             rate: None,
+            node: None,
         };
         let rows = Rows {
             jobs: vec![JobView::new(&info)],

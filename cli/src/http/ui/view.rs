@@ -139,6 +139,7 @@ mod tests {
             updated_at: 1_010_000,
             error: None,
             rate: Some(20.0),
+            node: None,
         }
     }
 

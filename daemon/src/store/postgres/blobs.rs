@@ -150,13 +150,17 @@ impl Upload for PgUpload {
         self.stored + self.buf.len() as u64
     }
 
-    fn create_job(mut self: Box<Self>, job: &NewJob<'_>) -> Result<JobRow, StoreError> {
+    /// The job row goes in under a savepoint: a taken id leaves the upload's
+    /// transaction usable, for another try.
+    fn create_job(&mut self, job: &NewJob<'_>) -> Result<JobRow, StoreError> {
         self.flush(true)?;
-        let mut copy = self.copy.take().ok_or_else(ended)?;
-        let tx = self.tx.take().ok_or_else(ended)?;
+        if let Some(mut copy) = self.copy.take() {
+            self.store
+                .run(async move { Ok::<_, StoreError>(copy.as_mut().finish().await?) })?;
+        }
+        let tx = self.tx.as_ref().ok_or_else(ended)?;
         let (id, bytes) = (self.id, self.stored as i64);
-        self.store.run(async move {
-            copy.as_mut().finish().await?;
+        let row = self.store.run(async {
             let client = tx.client()?;
             client
                 .execute(
@@ -164,10 +168,18 @@ impl Upload for PgUpload {
                     &[&id, &bytes],
                 )
                 .await?;
-            let row = jobs::insert(client, job, &id.to_string()).await?;
-            tx.commit().await?;
-            Ok(row)
-        })
+            client.batch_execute("SAVEPOINT job").await?;
+            match jobs::insert(client, job, &id.to_string()).await {
+                Ok(row) => Ok(row),
+                Err(e) => {
+                    client.batch_execute("ROLLBACK TO SAVEPOINT job").await?;
+                    Err(e)
+                }
+            }
+        })?;
+        let tx = self.tx.take().ok_or_else(ended)?;
+        self.store.run(tx.commit())?;
+        Ok(row)
     }
 }
 

@@ -3,7 +3,7 @@
 
 use super::{blobs, jobs};
 use crate::store::{
-    tally, Batch, Claim, CommitError, End, Progress, Seal, StoreError, StoredState,
+    tally, Batch, Claim, CommitError, End, Expect, Progress, Seal, StoreError, StoredState,
 };
 use deadpool_postgres::{GenericClient, Object, Transaction};
 use futures_util::pin_mut;
@@ -252,10 +252,43 @@ async fn insert_teams(
         .collect())
 }
 
-/// Rolls back everything the job wrote and ends it as `terminated`. The intent is
-/// committed first, so that a crash during the rollback is finished by recovery.
-pub async fn terminate(client: &mut Object, seq: i64) -> Result<(), StoreError> {
-    jobs::set_state(&*client, seq, StoredState::Terminating, None).await?;
+/// Rolls back everything the job wrote and ends it as `terminated`, if it is as
+/// `expect`ed. The intent is committed first, so that a crash during the rollback
+/// is finished by recovery.
+pub async fn terminate(
+    client: &mut Object,
+    seq: i64,
+    expect: Expect<'_>,
+) -> Result<bool, StoreError> {
+    let tx = client.transaction().await?;
+    let ok = match expect {
+        Expect::Claim(claim) => match jobs::lock_claimed(&tx, seq, claim.epoch).await {
+            Ok(_) => true,
+            Err(StoreError::Fenced(_)) => false,
+            Err(e) => return Err(e),
+        },
+        Expect::States(states) => {
+            let row = tx
+                .query_opt(
+                    "SELECT state FROM jobd.jobs WHERE seq = $1 FOR UPDATE",
+                    &[&seq],
+                )
+                .await?;
+            let state: Option<String> = row.map(|r| r.get(0));
+            states.iter().any(|s| Some(s.as_str()) == state.as_deref())
+        }
+    };
+    if !ok {
+        return Ok(false);
+    }
+    jobs::set_state(&tx, seq, StoredState::Terminating, None).await?;
+    tx.commit().await?;
+    undo_and_end(client, seq).await?;
+    Ok(true)
+}
+
+/// The rollback of a job marked `terminating`, in one transaction.
+pub async fn undo_and_end(client: &mut Object, seq: i64) -> Result<(), StoreError> {
     let tx = client.transaction().await?;
     for sql in [
         "DELETE FROM jobd.baseline_blocks WHERE job_seq = $1",

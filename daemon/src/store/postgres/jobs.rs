@@ -1,17 +1,23 @@
-//! Job records in PostgreSQL: creation, state changes, row errors.
+//! Job records in PostgreSQL: creation, claims and leases, state changes, row
+//! errors. Every change a client could see is announced by the table's trigger.
 
 use crate::store::{now_ms, JobRow, NewJob, StoreError, StoredState};
 use deadpool_postgres::{GenericClient, Object};
-use jobd_protocol::{JobState, RowError};
+use jobd_protocol::{Action, JobState, RowError};
+use std::time::Duration;
 use tokio_postgres::Row;
 
 pub const JOB_COLUMNS: &str = "seq, id, kind, owner_uid, owner, state, processed, failed, total, \
-                               created_at, updated_at, error, rate, input, cursor";
+                               created_at, updated_at, error, rate, input, cursor, node, control";
+
+/// The column after [`JOB_COLUMNS`] in a `RETURNING {JOB_COLUMNS}, epoch`.
+const EPOCH: usize = 17;
 
 pub fn job_of(r: &Row) -> Result<JobRow, StoreError> {
     let kind: String = r.try_get(2)?;
     let state: String = r.try_get(5)?;
     let total: Option<i64> = r.try_get(8)?;
+    let control: Option<String> = r.try_get(16)?;
     Ok(JobRow {
         seq: r.try_get(0)?,
         id: r.try_get(1)?,
@@ -30,6 +36,8 @@ pub fn job_of(r: &Row) -> Result<JobRow, StoreError> {
         rate: r.try_get(12)?,
         input: r.try_get(13)?,
         cursor: r.try_get(14)?,
+        node: r.try_get(15)?,
+        pending: control.as_deref().and_then(Action::parse),
     })
 }
 
@@ -91,28 +99,61 @@ pub async fn load(c: &impl GenericClient, seq: i64) -> Result<JobRow, StoreError
     }
 }
 
-/// Raises the job's epoch, marks it running and returns it with the epoch. The
-/// update waits for the row lock of any commit in flight, so what it returns
-/// includes that commit. It commits without waiting for the disk: a claim lost
-/// in a crash of the server is no claim, and the first batch committed under it
-/// (durably) makes it durable too.
-pub async fn claim(client: &mut Object, seq: i64) -> Result<(JobRow, i64), StoreError> {
+/// These jobs as committed now (those gone are left out).
+pub async fn load_many(c: &impl GenericClient, seqs: &[i64]) -> Result<Vec<JobRow>, StoreError> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobd.jobs WHERE seq = ANY($1) ORDER BY seq"
+        ))
+        .await?;
+    c.query(&stmt, &[&seqs]).await?.iter().map(job_of).collect()
+}
+
+/// The lease as PostgreSQL reads it (`now() + $n::interval`).
+pub fn interval(d: Duration) -> String {
+    format!("{} milliseconds", d.as_millis())
+}
+
+/// Claims the job for `node`: raises its epoch, marks it running there with a
+/// lease, and returns it with the epoch — if no other node holds it (its lease
+/// still good). The update waits for the row lock of any commit in flight, so what
+/// it returns includes that commit. It commits without waiting for the disk: a
+/// claim lost in a crash of the server is no claim, and the first batch committed
+/// under it (durably) makes it durable too.
+pub async fn claim(
+    client: &mut Object,
+    seq: i64,
+    node: &str,
+    lease: Duration,
+) -> Result<Option<(JobRow, i64)>, StoreError> {
     let tx = client.transaction().await?;
     tx.batch_execute("SET LOCAL synchronous_commit = off")
         .await?;
-    let stmt = tx
-        .prepare_cached(&format!(
-            "UPDATE jobd.jobs SET epoch = epoch + 1, state = 'running', updated_at = $2
-             WHERE seq = $1 RETURNING {JOB_COLUMNS}, epoch"
-        ))
-        .await?;
-    let row = tx
-        .query_opt(&stmt, &[&seq, &(now_ms() as i64)])
-        .await?
-        .ok_or_else(|| StoreError::Corrupt(format!("job {seq} vanished")))?;
-    let claimed = (job_of(&row)?, row.try_get(15)?);
+    let claimed = claim_in(&tx, seq, node, lease).await?;
     tx.commit().await?;
     Ok(claimed)
+}
+
+/// [`claim`] inside the caller's transaction.
+pub async fn claim_in(
+    c: &impl GenericClient,
+    seq: i64,
+    node: &str,
+    lease: Duration,
+) -> Result<Option<(JobRow, i64)>, StoreError> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "UPDATE jobd.jobs SET epoch = epoch + 1, state = 'running', updated_at = $2,
+                 node = $3, lease_until = now() + $4::text::interval
+             WHERE seq = $1 AND (node IS NULL OR node = $3 OR lease_until < now())
+             RETURNING {JOB_COLUMNS}, epoch"
+        ))
+        .await?;
+    let row = c
+        .query_opt(&stmt, &[&seq, &(now_ms() as i64), &node, &interval(lease)])
+        .await?;
+    row.map(|r| Ok((job_of(&r)?, r.try_get(EPOCH)?)))
+        .transpose()
 }
 
 /// What a commit needs of its job's row.
@@ -159,9 +200,10 @@ pub async fn next_finished(c: &impl GenericClient) -> Result<i64, StoreError> {
     Ok(c.query_one(&stmt, &[]).await?.get(0))
 }
 
-/// Sets a job's state (and error), inside the caller's transaction. Completion
-/// takes the next completion number; a job that ends loses its upload, and a
-/// failed one its output too.
+/// Sets a job's state (and error), inside the caller's transaction. A job that
+/// leaves `running` leaves its node too (no claim, no lease, no pending control);
+/// completion takes the next completion number; a job that ends loses its
+/// upload, and a failed one its output too.
 pub async fn set_state(
     c: &impl GenericClient,
     seq: i64,
@@ -175,7 +217,10 @@ pub async fn set_state(
     let stmt = c
         .prepare_cached(
             "UPDATE jobd.jobs SET state = $2, error = COALESCE($3, error), updated_at = $4,
-                 finished_seq = COALESCE($5, finished_seq)
+                 finished_seq = COALESCE($5, finished_seq),
+                 node = CASE WHEN $2 = 'running' THEN node END,
+                 lease_until = CASE WHEN $2 = 'running' THEN lease_until END,
+                 control = CASE WHEN $2 = 'running' THEN control END
              WHERE seq = $1",
         )
         .await?;
@@ -192,6 +237,24 @@ pub async fn set_state(
         }
         _ => Ok(()),
     }
+}
+
+/// Moves the job from `from` to `to` if it is in `from`, locking its row.
+pub async fn transition(
+    c: &impl GenericClient,
+    seq: i64,
+    from: JobState,
+    to: JobState,
+) -> Result<bool, StoreError> {
+    let stmt = c
+        .prepare_cached("SELECT state FROM jobd.jobs WHERE seq = $1 FOR UPDATE")
+        .await?;
+    let state: Option<String> = c.query_opt(&stmt, &[&seq]).await?.map(|r| r.get(0));
+    if state.as_deref() != Some(from.as_str()) {
+        return Ok(false);
+    }
+    set_state(c, seq, StoredState::Public(to), None).await?;
+    Ok(true)
 }
 
 /// Up to `limit` row errors after row `after`, in row order.

@@ -7,16 +7,19 @@
 //! become [`StoreError::Unavailable`]: callers wait and retry, nothing fails.
 
 mod blobs;
+mod cluster;
 mod effects;
 mod export;
 mod jobs;
 mod schema;
 
 use super::{
-    Batch, Claim, CommitError, Day, DayQuery, DayRecord, ExportPlan, Input, JobRow, NewJob, Owner,
-    Progress, Reader, Seal, Source, Store, StoreError, StoredState, Upload,
+    Batch, Claim, Cluster, CommitError, Day, DayQuery, DayRecord, Expect, ExportPlan, Input,
+    JobRow, NewJob, NodeSettings, Owner, Progress, Reader, Seal, Source, Store, StoreError,
+    StoredState, Upload,
 };
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use jobd_protocol::JobState;
 use jobd_protocol::RowError;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -123,9 +126,14 @@ struct Inner {
     rt: Handle,
     /// False since a call found the server unreachable, until one succeeds.
     available: AtomicBool,
+    node: cluster::Node,
 }
 
 impl PgStore {
+    fn node(&self) -> &cluster::Node {
+        &self.inner.node
+    }
+
     /// Runs `f` on the daemon's runtime, from a blocking thread.
     fn run<T, E>(&self, f: impl Future<Output = Result<T, E>>) -> Result<T, E>
     where
@@ -217,10 +225,12 @@ impl Checked {
         }
     }
 
-    /// The store, on the current runtime.
-    pub fn open(self) -> Result<PgStore, StoreError> {
+    /// The store, on the current runtime, as the node `settings` names; the node
+    /// joins the cluster (heartbeat, leases, notifications).
+    pub fn open(self, settings: NodeSettings) -> Result<PgStore, StoreError> {
         let rt = Handle::try_current()
             .map_err(|_| StoreError::Config("the PostgreSQL store needs a runtime".into()))?;
+        let listen_config = self.config.clone();
         let manager = Manager::from_config(
             self.config,
             pg::NoTls,
@@ -236,13 +246,17 @@ impl Checked {
             .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| StoreError::Config(format!("cannot build the connection pool: {e}")))?;
-        Ok(PgStore {
+        let (node, events) = cluster::Node::new(settings);
+        let store = PgStore {
             inner: Arc::new(Inner {
                 pool,
                 rt,
                 available: AtomicBool::new(true),
+                node,
             }),
-        })
+        };
+        cluster::start(&store, listen_config, events);
+        Ok(store)
     }
 }
 
@@ -271,7 +285,7 @@ impl Store for PgStore {
         for row in rows {
             if row.state == StoredState::Terminating {
                 tracing::info!(job = %row.id, "finishing an interrupted terminate");
-                self.terminate(row.seq)?;
+                self.finish_terminate(row.seq)?;
                 out.push(self.load_job(row.seq)?);
             } else {
                 out.push(row);
@@ -307,8 +321,13 @@ impl Store for PgStore {
         })
     }
 
+    /// Only if no other node holds the job (its lease still good): else `Fenced`.
     fn claim(&self, seq: i64) -> Result<(JobRow, Claim), StoreError> {
-        let (job, epoch) = self.run(async { jobs::claim(&mut self.client().await?, seq).await })?;
+        let s = &self.node().settings;
+        let claimed = self
+            .run(async { jobs::claim(&mut self.client().await?, seq, &s.name, s.lease).await })?;
+        let (job, epoch) = claimed.ok_or(StoreError::Fenced(seq))?;
+        self.node().claimed.notify_one();
         Ok((job, Claim { seq, epoch }))
     }
 
@@ -342,10 +361,20 @@ impl Store for PgStore {
         })
     }
 
-    fn terminate(&self, seq: i64) -> Result<(), StoreError> {
+    fn terminate(&self, seq: i64, expect: Expect<'_>) -> Result<bool, StoreError> {
         self.run(async {
             let mut client = self.client().await?;
-            effects::terminate(&mut client, seq).await
+            effects::terminate(&mut client, seq, expect).await
+        })
+    }
+
+    fn transition(&self, seq: i64, from: JobState, to: JobState) -> Result<bool, StoreError> {
+        self.run(async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            let moved = jobs::transition(&tx, seq, from, to).await?;
+            tx.commit().await?;
+            Ok(moved)
         })
     }
 
@@ -359,6 +388,10 @@ impl Store for PgStore {
 
     fn is_available(&self) -> bool {
         self.inner.available.load(Ordering::Relaxed)
+    }
+
+    fn cluster(&self) -> Option<&dyn Cluster> {
+        Some(self)
     }
 }
 

@@ -13,7 +13,7 @@ use crate::store::StoreError;
 use tokio_postgres as pg;
 
 /// The layout this jobd writes, kept in `jobd.meta`.
-pub const LAYOUT: i64 = 1;
+pub const LAYOUT: i64 = 2;
 
 /// Serializes schema changes across nodes (any constant unlikely to collide).
 const MIGRATION_LOCK: i64 = 0x6a6f_6264_5343_4831;
@@ -50,7 +50,6 @@ CREATE TABLE jobd.jobs (
     epoch        bigint NOT NULL DEFAULT 0
 );
 CREATE INDEX jobs_by_finish ON jobd.jobs (finished_seq);
-
 -- Completions are numbered under this row's lock, so that every number up to the
 -- committed value belongs to a committed completion (export snapshots).
 CREATE TABLE jobd.counters (
@@ -117,6 +116,47 @@ CREATE TABLE jobd.row_errors (
     row     bigint NOT NULL,
     message text   NOT NULL,
     PRIMARY KEY (job_seq, row)
+);
+"#;
+
+/// Layout 2: nodes sharing the database — who runs each job, its lease, a
+/// control asked of its node, the announcement of every change, the nodes.
+const NODES: &str = r#"
+ALTER TABLE jobd.jobs
+    -- The node running the job, and until when its claim holds unless renewed.
+    ADD COLUMN node        text,
+    ADD COLUMN lease_until timestamptz,
+    -- A stop or terminate asked of that node, not obeyed yet.
+    ADD COLUMN control     text;
+
+-- What nodes claim, first in first out, and what each renews.
+CREATE INDEX jobs_claimable ON jobd.jobs (seq) WHERE state IN ('queued', 'running');
+CREATE INDEX jobs_by_node ON jobd.jobs (node) WHERE state = 'running';
+
+-- Every change of a job that a client could see is announced to every node
+-- (LISTEN jobd_jobs) with the job's seq (negative: it is gone). A lease renewal
+-- is not such a change.
+CREATE FUNCTION jobd.announce_job() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        PERFORM pg_notify('jobd_jobs', (-OLD.seq)::text);
+    ELSE
+        PERFORM pg_notify('jobd_jobs', NEW.seq::text);
+    END IF;
+    RETURN NULL;
+END
+$fn$;
+CREATE TRIGGER jobs_announce
+    AFTER INSERT OR DELETE OR UPDATE OF state, processed, failed, total, error, node, control
+    ON jobd.jobs FOR EACH ROW EXECUTE FUNCTION jobd.announce_job();
+
+-- The nodes that share this database.
+CREATE TABLE jobd.nodes (
+    name         text PRIMARY KEY,
+    started_at   bigint      NOT NULL,
+    heartbeat_at timestamptz NOT NULL,
+    max_running  integer     NOT NULL,
+    stopped      boolean     NOT NULL DEFAULT false
 );
 "#;
 
@@ -190,7 +230,16 @@ async fn migrate(client: &mut pg::Client) -> Result<(), StoreError> {
                  it was written by a later version of jobd"
             )));
         }
-        // Layout 1 is the first: nothing to migrate yet.
+        if layout < 2 {
+            tx.batch_execute(NODES).await.map_err(in_migration)?;
+            tracing::info!("migrated jobd's schema from layout {layout} to {LAYOUT}");
+        }
+        tx.execute(
+            "UPDATE jobd.meta SET value = $1 WHERE key = 'layout'",
+            &[&LAYOUT.to_string()],
+        )
+        .await
+        .map_err(in_migration)?;
         return tx.commit().await.map_err(in_migration);
     }
     let foreign: Vec<String> = tx
@@ -213,6 +262,7 @@ async fn migrate(client: &mut pg::Client) -> Result<(), StoreError> {
         )));
     }
     tx.batch_execute(SCHEMA).await.map_err(in_migration)?;
+    tx.batch_execute(NODES).await.map_err(in_migration)?;
     tx.execute(
         "INSERT INTO jobd.meta VALUES ('layout', $1), ('created_by', $2)",
         &[

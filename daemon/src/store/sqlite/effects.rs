@@ -9,7 +9,9 @@
 
 use super::{files, jobs, SqliteStore};
 use crate::dates;
-use crate::store::{tally, Batch, CommitError, End, Progress, Seal, StoreError, StoredState};
+use crate::store::{
+    tally, Batch, CommitError, End, Expect, Progress, Seal, StoreError, StoredState,
+};
 use jobd_protocol::{JobKind, JobState};
 use rusqlite::{params, Connection};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -261,15 +263,39 @@ fn insert_teams(conn: &Connection, seq: i64, batch: &Batch) -> Result<Vec<usize>
     Ok(conflicts)
 }
 
-/// Rolls back everything the job wrote and ends it as `terminated`. The intent is
-/// committed first, so that a crash during the rollback is finished by recovery.
-pub fn terminate(store: &SqliteStore, seq: i64) -> Result<(), StoreError> {
-    let job = {
+/// Rolls back everything the job wrote and ends it as `terminated`, if it is as
+/// `expect`s. The intent is committed first, so that a crash during the rollback
+/// is finished by recovery. (One process holds the store: a claim always holds.)
+pub fn terminate(store: &SqliteStore, seq: i64, expect: Expect<'_>) -> Result<bool, StoreError> {
+    let marked = {
         let conn = store.conn()?;
         let _w = store.lock_writes();
-        jobs::set_state(&conn, seq, StoredState::Terminating, None)?;
-        jobs::load(&conn, seq)?
+        match expect {
+            Expect::Claim(_) => {
+                jobs::set_state(&conn, seq, StoredState::Terminating, None)?;
+                true
+            }
+            Expect::States(states) => {
+                let states: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
+                let json = serde_json::to_string(&states)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                conn.execute(
+                    "UPDATE jobs SET state = 'terminating', updated_at = ?3
+                     WHERE seq = ?1 AND state IN (SELECT value FROM json_each(?2))",
+                    params![seq, json, crate::store::now_ms() as i64],
+                )? == 1
+            }
+        }
     };
+    if marked {
+        finish_terminate(store, seq)?;
+    }
+    Ok(marked)
+}
+
+/// The rollback of a job marked `terminating`.
+pub fn finish_terminate(store: &SqliteStore, seq: i64) -> Result<(), StoreError> {
+    let job = jobs::load(&*store.conn()?, seq)?;
     store.write(|conn| {
         undo(conn, seq)?;
         conn.execute("UPDATE jobs SET output_len = 0 WHERE seq = ?1", [seq])?;

@@ -60,7 +60,7 @@ impl Upload for SpoolUpload {
 
     /// The file and its directory are fsynced before the job's row is committed:
     /// a job never exists without its whole input.
-    fn create_job(mut self: Box<Self>, job: &NewJob<'_>) -> Result<JobRow, StoreError> {
+    fn create_job(&mut self, job: &NewJob<'_>) -> Result<JobRow, StoreError> {
         let sync = |what| move |e| StoreError::io(format!("cannot sync the {what}"), e);
         self.file.sync_all().map_err(sync("upload"))?;
         File::open(&self.store.inner.dirs.spool)

@@ -25,6 +25,8 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(JobRow, String, Stri
             rate: r.get(12)?,
             input: r.get(13)?,
             cursor: r.get(14)?,
+            node: None,
+            pending: None,
         },
         r.get(2)?,
         r.get(5)?,
@@ -129,6 +131,20 @@ pub fn save_progress(
         output_len.map(|l| l as i64)
     ])?;
     Ok(())
+}
+
+/// Moves the job from state `from` to `to`; false when it was not in `from`.
+pub fn transition(
+    conn: &Connection,
+    seq: i64,
+    from: JobState,
+    to: JobState,
+) -> Result<bool, StoreError> {
+    let n = conn.execute(
+        "UPDATE jobs SET state = ?3, updated_at = ?4 WHERE seq = ?1 AND state = ?2",
+        params![seq, from.as_str(), to.as_str(), now_ms() as i64],
+    )?;
+    Ok(n == 1)
 }
 
 /// The committed length of an export's output.

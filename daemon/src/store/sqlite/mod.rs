@@ -13,8 +13,8 @@ mod jobs;
 mod schema;
 
 use super::{
-    Batch, Claim, CommitError, Day, DayQuery, DayRecord, ExportPlan, Input, JobRow, NewJob, Owner,
-    Progress, Reader, Seal, Source, Store, StoreError, StoredState, Upload,
+    Batch, Claim, CommitError, Day, DayQuery, DayRecord, Expect, ExportPlan, Input, JobRow, NewJob,
+    Owner, Progress, Reader, Seal, Source, Store, StoreError, StoredState, Upload,
 };
 use jobd_protocol::{JobState, RowError};
 use rusqlite::Connection;
@@ -210,7 +210,7 @@ impl Store for SqliteStore {
         for row in rows.iter_mut() {
             if row.state == StoredState::Terminating {
                 tracing::info!(job = %row.id, "finishing an interrupted terminate");
-                self.terminate(row.seq)?;
+                effects::finish_terminate(self, row.seq)?;
                 *row = jobs::load(&conn, row.seq)?;
             }
         }
@@ -302,8 +302,14 @@ impl Store for SqliteStore {
         Ok(committed)
     }
 
-    fn terminate(&self, seq: i64) -> Result<(), StoreError> {
-        effects::terminate(self, seq)
+    fn terminate(&self, seq: i64, expect: Expect<'_>) -> Result<bool, StoreError> {
+        effects::terminate(self, seq, expect)
+    }
+
+    fn transition(&self, seq: i64, from: JobState, to: JobState) -> Result<bool, StoreError> {
+        let conn = self.conn()?;
+        let _w = self.lock_writes();
+        jobs::transition(&conn, seq, from, to)
     }
 
     fn row_errors(&self, seq: i64, after: u64, limit: usize) -> Result<Vec<RowError>, StoreError> {
