@@ -113,6 +113,8 @@ pub struct Registry {
     shared: bool,
     /// Wakes the claimer (shared store): a slot freed, or a job became queued.
     claim_wake: Notify,
+    /// Tells the claimer that another node took a job: a lease to watch.
+    lease_watch: Notify,
     /// The claimer task, until shutdown waits for it.
     claimer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -245,6 +247,7 @@ impl Registry {
             started_at: now_ms(),
             shared,
             claim_wake: Notify::new(),
+            lease_watch: Notify::new(),
             claimer: Mutex::new(None),
         }))
     }
@@ -506,7 +509,12 @@ impl Registry {
     }
 
     /// The job `id` as `caller` may see it.
-    pub fn get(&self, caller: &Caller, id: &str) -> Result<(i64, JobInfo), Refusal> {
+    pub async fn get(
+        self: &Arc<Self>,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<(i64, JobInfo), Refusal> {
+        self.find(id).await;
         let st = self.lock();
         lookup(&st, caller, id).map(|e| (e.seq, e.info.clone()))
     }
@@ -525,11 +533,12 @@ impl Registry {
     }
 
     /// A live view of the job: the receiver sees every later change.
-    pub fn subscribe(
-        &self,
+    pub async fn subscribe(
+        self: &Arc<Self>,
         caller: &Caller,
         id: &str,
     ) -> Result<watch::Receiver<JobInfo>, Refusal> {
+        self.find(id).await;
         let mut st = self.lock();
         lookup(&st, caller, id)?;
         let e = st.jobs.get_mut(id).ok_or_else(|| not_found(id))?;

@@ -180,7 +180,7 @@ impl Worker {
     fn run_job(&self) -> Result<Outcome, KindError> {
         let (job, claim) = match self.claimed.take() {
             Some(claimed) => claimed,
-            None => self.store.claim(self.seq)?,
+            None => self.store.claim(self.seq, self.claim.get().as_ref())?,
         };
         self.claim.set(Some(claim));
         self.interrupt.store(false, Ordering::SeqCst);
@@ -430,7 +430,7 @@ impl Worker {
         if let Some(claim) = self.claim.get() {
             return Ok(claim);
         }
-        let (_, claim) = self.store.claim(self.seq)?;
+        let (_, claim) = self.store.claim(self.seq, None)?;
         self.claim.set(Some(claim));
         Ok(claim)
     }

@@ -314,6 +314,26 @@ impl Daemon {
         );
     }
 
+    /// Freezes the daemon (SIGSTOP): it keeps its connections and whatever it
+    /// had in hand, and does nothing until [`Daemon::thaw`].
+    pub fn freeze(&self) {
+        self.signal(Signal::SIGSTOP);
+    }
+
+    /// Lets a frozen daemon go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal(Signal::SIGCONT);
+    }
+
+    fn signal(&self, sig: Signal) {
+        kill(Pid::from_raw(self.pid() as i32), sig).expect("signal jobd");
+    }
+
+    /// True while the daemon process runs (it may not answer yet).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Kills the daemon with SIGKILL (no chance to clean up) and reaps it.
     pub fn sigkill(&mut self) {
         self.signal_and_wait(Signal::SIGKILL);

@@ -25,6 +25,7 @@ pub mod crash;
 pub mod daemon;
 pub mod data;
 pub mod http;
+pub mod nodes;
 pub mod pgcluster;
 pub mod service;
 pub mod store;
@@ -57,6 +58,7 @@ pub const STATUS_KEYS: &[&str] = &[
     "updated_at",
     "error",
     "rate",
+    "node",
 ];
 
 pub const DEADLINE: Duration = Duration::from_secs(30);

@@ -168,8 +168,20 @@ fn status_json_is_an_object_for_one_id_and_an_array_otherwise() {
     }
     assert!(s["error"].is_null() && s["rate"].is_null(), "{s}");
 
-    let sb = d.status_json(&b);
+    assert!(s["node"].is_null(), "a finished job runs nowhere: {s}");
+    let sb = d.wait_for_state(&b, "running", DEADLINE);
     assert_eq!(sb["rate"].as_f64(), Some(2.5), "fractional rate: {sb}");
+    let host = nix::unistd::gethostname().expect("host name");
+    assert_eq!(
+        sb["node"],
+        host.to_string_lossy().as_ref(),
+        "runs here: {sb}"
+    );
+    let table = d.jobctl(&["status", &b]).ok().stdout_str();
+    assert!(
+        table.lines().next().is_some_and(|h| h.contains(" NODE ")),
+        "{table}"
+    );
 
     let all = d.jobctl(&["--json", "status"]).ok().json();
     let ids: BTreeSet<_> = all

@@ -34,7 +34,7 @@ async fn control(
     if id.is_empty() {
         return Err(Refusal::new(ErrorCode::InvalidId, "the job id is empty"));
     }
-    ctx.registry.get(caller, id)?;
+    ctx.registry.get(caller, id).await?;
     let action = Action::parse(action).ok_or_else(|| {
         Refusal::new(
             ErrorCode::InvalidAction,

@@ -12,7 +12,7 @@ pub async fn handle(
     caller: &Caller,
     id: &str,
 ) -> Result<(), ConnError> {
-    let seq = match ctx.registry.get(caller, id.trim()) {
+    let seq = match ctx.registry.get(caller, id.trim()).await {
         Ok((seq, _)) => seq,
         Err(r) => return refuse(conn, r).await,
     };

@@ -15,7 +15,7 @@ pub async fn handle(
     after: u64,
     limit: u32,
 ) -> Result<(), ConnError> {
-    let seq = match ctx.registry.get(caller, id.trim()) {
+    let seq = match ctx.registry.get(caller, id.trim()).await {
         Ok((seq, _)) => seq,
         Err(r) => return refuse(conn, r).await,
     };

@@ -13,7 +13,7 @@ pub async fn handle(
     id: &str,
 ) -> Result<(), ConnError> {
     let id = id.trim();
-    let (seq, info) = match ctx.registry.get(caller, id) {
+    let (seq, info) = match ctx.registry.get(caller, id).await {
         Ok(found) => found,
         Err(r) => return refuse(conn, r).await,
     };

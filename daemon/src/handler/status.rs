@@ -16,7 +16,7 @@ pub async fn handle(
     } else {
         let mut jobs = Vec::with_capacity(ids.len());
         for id in ids {
-            match ctx.registry.get(caller, id.trim()) {
+            match ctx.registry.get(caller, id.trim()).await {
                 Ok((_, info)) => jobs.push(info),
                 Err(r) => return refuse(conn, r).await,
             }

@@ -13,7 +13,7 @@ pub async fn handle(
 ) -> Result<(), ConnError> {
     let mut receivers = Vec::with_capacity(ids.len());
     for id in ids {
-        match ctx.registry.subscribe(caller, id.trim()) {
+        match ctx.registry.subscribe(caller, id.trim()).await {
             Ok(rx) => receivers.push(rx),
             Err(r) => return refuse(conn, r).await,
         }

@@ -11,7 +11,7 @@ pub async fn handle(
     caller: &Caller,
     id: &str,
 ) -> Result<(), ConnError> {
-    let mut rx = match ctx.registry.subscribe(caller, id.trim()) {
+    let mut rx = match ctx.registry.subscribe(caller, id.trim()).await {
         Ok(rx) => rx,
         Err(r) => return refuse(conn, r).await,
     };

@@ -24,6 +24,7 @@ impl Registry {
         id: &str,
         action: Action,
     ) -> Result<JobInfo, Refusal> {
+        self.find(id).await;
         let gate = {
             let mut st = self.lock();
             lookup(&st, caller, id)?;

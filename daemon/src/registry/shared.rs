@@ -85,38 +85,69 @@ async fn claim(reg: Arc<Registry>) {
         let wake = reg.claim_wake.notified();
         tokio::pin!(wake);
         wake.as_mut().enable();
-        let wait = match reg.claim_pass().await {
+        let mut wait = match reg.claim_pass().await {
             Pass::ShuttingDown => return,
             Pass::Failed => {
                 let w = retry;
                 retry = (retry * 2).min(RETRY_MAX);
-                Some(w)
+                Wait::For(w)
             }
             // Nothing can be claimed until a slot frees, which wakes us.
-            Pass::Full => None,
+            Pass::Full => Wait::Woken,
             Pass::Empty => {
                 retry = RETRY_FIRST;
-                let store = Arc::clone(&reg.store);
-                match blocking(move || match store.cluster() {
-                    Some(c) => c.next_expiry().map_err(Refusal::storage),
-                    None => Ok(None),
-                })
-                .await
-                {
-                    Ok(due) => due.map(|d| d + EXPIRY_SLACK),
-                    Err(_) => Some(RETRY_MAX),
-                }
+                Wait::Expiry
             }
         };
-        match wait {
-            Some(d) => {
-                tokio::select! {
-                    _ = &mut wake => {}
-                    _ = tokio::time::sleep(d) => {}
-                }
+        loop {
+            let leased = reg.lease_watch.notified();
+            tokio::pin!(leased);
+            leased.as_mut().enable();
+            let due = match wait {
+                Wait::Woken => None,
+                Wait::For(d) => Some(d),
+                Wait::Expiry => next_expiry(&reg).await,
+            };
+            tokio::select! {
+                _ = &mut wake => break,
+                _ = sleep_or_forever(due) => break,
+                // Another node took a job: its lease is one to watch.
+                _ = &mut leased, if wait == Wait::Expiry => {}
             }
-            None => wake.await,
+            wait = Wait::Expiry;
         }
+    }
+}
+
+/// What the claimer waits for after a pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// A wake-up only (a slot freeing, a job queued).
+    Woken,
+    /// This long, or a wake-up (the store failed us).
+    For(Duration),
+    /// The soonest lease of another node to run out, or a wake-up.
+    Expiry,
+}
+
+/// When the soonest lease of another node runs out (and a little), if any runs.
+async fn next_expiry(reg: &Registry) -> Option<Duration> {
+    let store = Arc::clone(&reg.store);
+    let due = blocking(move || match store.cluster() {
+        Some(c) => c.next_expiry().map_err(Refusal::storage),
+        None => Ok(None),
+    })
+    .await;
+    match due {
+        Ok(due) => due.map(|d| d + EXPIRY_SLACK),
+        Err(_) => Some(RETRY_MAX),
+    }
+}
+
+async fn sleep_or_forever(due: Option<Duration>) {
+    match due {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -209,6 +240,12 @@ impl Registry {
     pub(super) fn apply(&self, row: JobRow) {
         let mut st = self.lock();
         let state = public(row.state);
+        let elsewhere =
+            state == JobState::Running && row.node.as_deref().is_some_and(|n| n != self.node);
+        let taken = |e: &Entry| e.info.state != JobState::Running || e.info.node != row.node;
+        if elsewhere && st.jobs.get(&row.id).is_none_or(|e| taken(e)) {
+            self.lease_watch.notify_one();
+        }
         match st.jobs.get_mut(&row.id) {
             Some(e) => {
                 if let Some(w) = &e.worker {
@@ -246,6 +283,25 @@ impl Registry {
         }
         if state == JobState::Queued {
             self.claim_wake.notify_one();
+        }
+    }
+
+    /// Makes sure the mirror has the job `id` if the store has it: a job another
+    /// node just created may not have come through the events yet, and a client
+    /// that submitted it there and asks here must find it.
+    pub(super) async fn find(self: &Arc<Self>, id: &str) {
+        if !self.shared || self.lock().jobs.contains_key(id) {
+            return;
+        }
+        let store = Arc::clone(&self.store);
+        let key = id.to_string();
+        let found = blocking(move || match store.cluster() {
+            Some(c) => c.find_job(&key).map_err(Refusal::storage),
+            None => Ok(None),
+        })
+        .await;
+        if let Ok(Some(row)) = found {
+            self.apply(row);
         }
     }
 

@@ -306,8 +306,10 @@ pub trait Store: Source {
     /// Takes a job for a worker and marks it running: returns it as committed —
     /// after any commit of an earlier claim still in flight — with the new claim.
     /// (Nobody is told the job runs until its worker commits something, so the
-    /// mark need not be durable by itself.)
-    fn claim(&self, seq: i64) -> Result<(JobRow, Claim), StoreError>;
+    /// mark need not be durable by itself.) A worker claiming again `after` its
+    /// claim (the store was out of reach) gets the job only if nobody changed
+    /// that claim meanwhile (parked it, took it over): else `Fenced`.
+    fn claim(&self, seq: i64, after: Option<&Claim>) -> Result<(JobRow, Claim), StoreError>;
     /// [`Store::set_state`] by the worker holding `claim`; refused (`Fenced`)
     /// once the job was claimed again.
     fn release(
@@ -381,6 +383,9 @@ pub trait Cluster: Send + Sync {
     /// Asks the node running a job to stop or terminate it (it hears of it as a
     /// change of the job); false when the job was no longer running.
     fn request_control(&self, seq: i64, action: Action) -> Result<bool, StoreError>;
+    /// The job with this id as committed now: one another node created a moment
+    /// ago may not have reached this node's events yet.
+    fn find_job(&self, id: &str) -> Result<Option<JobRow>, StoreError>;
     /// Every node that ever joined, newest heartbeat first.
     fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError>;
     /// Gives this node's running jobs back to the queue at once, fencing any

@@ -231,7 +231,17 @@ impl Cluster for PgStore {
                 };
                 let seq: i64 = row.get(0);
                 let control: Option<String> = row.get(1);
-                let outcome = match control.as_deref().and_then(Action::parse) {
+                let pending = control.as_deref().and_then(Action::parse);
+                if pending.is_some() {
+                    // Fences a worker of the node that held it (frozen, say),
+                    // as a claim would.
+                    tx.execute(
+                        "UPDATE jobd.jobs SET epoch = epoch + 1 WHERE seq = $1",
+                        &[&seq],
+                    )
+                    .await?;
+                }
+                let outcome = match pending {
                     // A stop asked of a node that died before obeying holds.
                     Some(Action::Stop) => {
                         jobs::set_state(&tx, seq, StoredState::Public(JobState::Paused), None)
@@ -242,7 +252,7 @@ impl Cluster for PgStore {
                         jobs::set_state(&tx, seq, StoredState::Terminating, None).await?;
                         Next::Terminate(seq)
                     }
-                    _ => match jobs::claim_in(&tx, seq, &s.name, s.lease).await? {
+                    _ => match jobs::claim_in(&tx, seq, &s.name, s.lease, None).await? {
                         Some((job, epoch)) => Next::Run(Box::new((job, Claim { seq, epoch }))),
                         None => Next::Parked,
                     },
@@ -274,6 +284,10 @@ impl Cluster for PgStore {
                 .await?;
             Ok(n == 1)
         })
+    }
+
+    fn find_job(&self, id: &str) -> Result<Option<JobRow>, StoreError> {
+        self.run(async { jobs::find(&self.client().await?, id).await })
     }
 
     fn nodes(&self) -> Result<Vec<NodeInfo>, StoreError> {

@@ -18,16 +18,19 @@ use tokio_postgres::types::Type;
 /// Commits the batch with the job's counts and cursor. A control raising
 /// `interrupt` while the statements run cancels the one running (the connection
 /// then leaves the pool: a cancel that comes late must not hit someone else's
-/// query); once they are done, nothing stops the commit.
+/// query); once they are done, nothing stops the commit. `guard` (see
+/// [`jobs::guard`]) bounds how long the transaction may hold the job's row.
 pub async fn commit(
     mut client: Object,
     claim: &Claim,
     batch: &Batch,
     seal: &Seal<'_>,
     interrupt: &AtomicBool,
+    guard: &str,
 ) -> Result<Progress, CommitError> {
     let cancel = client.cancel_token();
     let tx = client.transaction().await.map_err(StoreError::from)?;
+    tx.batch_execute(guard).await.map_err(StoreError::from)?;
     let applied = {
         let work = apply(&tx, claim, batch, seal);
         tokio::pin!(work);

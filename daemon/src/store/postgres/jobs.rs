@@ -99,6 +99,19 @@ pub async fn load(c: &impl GenericClient, seq: i64) -> Result<JobRow, StoreError
     }
 }
 
+pub async fn find(c: &impl GenericClient, id: &str) -> Result<Option<JobRow>, StoreError> {
+    let stmt = c
+        .prepare_cached(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobd.jobs WHERE id = $1"
+        ))
+        .await?;
+    c.query_opt(&stmt, &[&id])
+        .await?
+        .as_ref()
+        .map(job_of)
+        .transpose()
+}
+
 /// These jobs as committed now (those gone are left out).
 pub async fn load_many(c: &impl GenericClient, seqs: &[i64]) -> Result<Vec<JobRow>, StoreError> {
     let stmt = c
@@ -115,21 +128,23 @@ pub fn interval(d: Duration) -> String {
 }
 
 /// Claims the job for `node`: raises its epoch, marks it running there with a
-/// lease, and returns it with the epoch — if no other node holds it (its lease
-/// still good). The update waits for the row lock of any commit in flight, so what
-/// it returns includes that commit. It commits without waiting for the disk: a
-/// claim lost in a crash of the server is no claim, and the first batch committed
-/// under it (durably) makes it durable too.
+/// lease, and returns it with the epoch — if it is queued or running and no other
+/// node holds it (its lease still good), or, claiming again `after` an epoch, if
+/// that is still the job's. The update waits for the row lock of any commit in
+/// flight, so what it returns includes that commit. It commits without waiting
+/// for the disk: a claim lost in a crash of the server is no claim, and the first
+/// batch committed under it (durably) makes it durable too.
 pub async fn claim(
     client: &mut Object,
     seq: i64,
     node: &str,
     lease: Duration,
+    after: Option<i64>,
 ) -> Result<Option<(JobRow, i64)>, StoreError> {
     let tx = client.transaction().await?;
     tx.batch_execute("SET LOCAL synchronous_commit = off")
         .await?;
-    let claimed = claim_in(&tx, seq, node, lease).await?;
+    let claimed = claim_in(&tx, seq, node, lease, after).await?;
     tx.commit().await?;
     Ok(claimed)
 }
@@ -140,20 +155,38 @@ pub async fn claim_in(
     seq: i64,
     node: &str,
     lease: Duration,
+    after: Option<i64>,
 ) -> Result<Option<(JobRow, i64)>, StoreError> {
     let stmt = c
         .prepare_cached(&format!(
             "UPDATE jobd.jobs SET epoch = epoch + 1, state = 'running', updated_at = $2,
                  node = $3, lease_until = now() + $4::text::interval
-             WHERE seq = $1 AND (node IS NULL OR node = $3 OR lease_until < now())
+             WHERE seq = $1 AND CASE WHEN $5::bigint IS NULL
+                 THEN state IN ('queued', 'running')
+                      AND (node IS NULL OR node = $3 OR lease_until < now())
+                 ELSE state = 'running' AND epoch = $5 END
              RETURNING {JOB_COLUMNS}, epoch"
         ))
         .await?;
     let row = c
-        .query_opt(&stmt, &[&seq, &(now_ms() as i64), &node, &interval(lease)])
+        .query_opt(
+            &stmt,
+            &[&seq, &(now_ms() as i64), &node, &interval(lease), &after],
+        )
         .await?;
     row.map(|r| Ok((job_of(&r)?, r.try_get(EPOCH)?)))
         .transpose()
+}
+
+/// `SET LOCAL`s that bound a transaction holding a job's row lock, so that a node
+/// frozen or cut off in the middle of one cannot keep its job from being taken
+/// over: the server ends the session once it is idle in the transaction, or its
+/// statement (a COPY waiting for data) has run, for longer than `limit`.
+pub fn guard(limit: Duration) -> String {
+    let ms = limit.as_millis();
+    format!(
+        "SET LOCAL idle_in_transaction_session_timeout = {ms}; SET LOCAL statement_timeout = {ms}"
+    )
 }
 
 /// What a commit needs of its job's row.

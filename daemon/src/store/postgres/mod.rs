@@ -34,6 +34,8 @@ const POOL_SIZE: usize = 16;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A call that gets no answer for this long counts as the server being unreachable.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// The shortest time a commit may hold its job's row (see `Inner::guard`).
+const MIN_GUARD: Duration = Duration::from_secs(10);
 /// Waiting for a free pooled connection.
 const POOL_WAIT: Duration = Duration::from_secs(10);
 
@@ -127,6 +129,9 @@ struct Inner {
     /// False since a call found the server unreachable, until one succeeds.
     available: AtomicBool,
     node: cluster::Node,
+    /// [`jobs::guard`] for commits: twice the lease, at least [`MIN_GUARD`] — a
+    /// commit never legitimately takes that long.
+    guard: String,
 }
 
 impl PgStore {
@@ -246,6 +251,7 @@ impl Checked {
             .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()
             .map_err(|e| StoreError::Config(format!("cannot build the connection pool: {e}")))?;
+        let guard = jobs::guard((settings.lease * 2).max(MIN_GUARD));
         let (node, events) = cluster::Node::new(settings);
         let store = PgStore {
             inner: Arc::new(Inner {
@@ -253,6 +259,7 @@ impl Checked {
                 rt,
                 available: AtomicBool::new(true),
                 node,
+                guard,
             }),
         };
         cluster::start(&store, listen_config, events);
@@ -322,10 +329,12 @@ impl Store for PgStore {
     }
 
     /// Only if no other node holds the job (its lease still good): else `Fenced`.
-    fn claim(&self, seq: i64) -> Result<(JobRow, Claim), StoreError> {
+    fn claim(&self, seq: i64, after: Option<&Claim>) -> Result<(JobRow, Claim), StoreError> {
         let s = &self.node().settings;
-        let claimed = self
-            .run(async { jobs::claim(&mut self.client().await?, seq, &s.name, s.lease).await })?;
+        let after = after.map(|c| c.epoch);
+        let claimed = self.run(async {
+            jobs::claim(&mut self.client().await?, seq, &s.name, s.lease, after).await
+        })?;
         let (job, epoch) = claimed.ok_or(StoreError::Fenced(seq))?;
         self.node().claimed.notify_one();
         Ok((job, Claim { seq, epoch }))
@@ -340,6 +349,7 @@ impl Store for PgStore {
         self.run(async {
             let mut client = self.client().await?;
             let tx = client.transaction().await?;
+            tx.batch_execute(&self.inner.guard).await?;
             jobs::lock_claimed(&tx, claim.seq, claim.epoch).await?;
             jobs::set_state(&tx, claim.seq, state, error).await?;
             tx.commit().await?;
@@ -357,7 +367,7 @@ impl Store for PgStore {
         batch.sort_records_by_day();
         self.run(async {
             let client = self.client().await?;
-            effects::commit(client, claim, batch, seal, interrupt).await
+            effects::commit(client, claim, batch, seal, interrupt, &self.inner.guard).await
         })
     }
 

@@ -267,7 +267,9 @@ impl Store for SqliteStore {
 
     /// One daemon holds the state directory (its lock), and a killed process
     /// commits nothing more: claims need no epoch here.
-    fn claim(&self, seq: i64) -> Result<(JobRow, Claim), StoreError> {
+    /// One daemon owns the database (its state directory lock): nobody else
+    /// changes a claimed job, so `after` needs no check.
+    fn claim(&self, seq: i64, _after: Option<&Claim>) -> Result<(JobRow, Claim), StoreError> {
         let job = self.write(|conn| {
             conn.execute(
                 "UPDATE jobs SET state = 'running', updated_at = ?2
