@@ -115,6 +115,39 @@ impl Nodes {
         }
     }
 
+    /// Freezes node `i` (SIGSTOP) at a moment when none of jobd's sessions has a
+    /// transaction open, so that what it does on waking is a commit of a batch
+    /// it read before its lease ran out: the case only the epoch check fences.
+    /// A node frozen inside a commit is fenced by the server's guard instead.
+    pub fn freeze_between_commits(&self, i: usize) {
+        let node = &self.nodes[i];
+        for _ in 0..50 {
+            node.freeze();
+            if self.open_transactions() == 0 {
+                thread::sleep(Duration::from_millis(200));
+                if self.open_transactions() == 0 {
+                    return;
+                }
+            }
+            node.thaw();
+            thread::sleep(POLL);
+        }
+        panic!("n{} was inside a transaction at every try", i + 1);
+    }
+
+    /// Sessions of jobd inside a transaction.
+    fn open_transactions(&self) -> i64 {
+        let mut c = postgres::Client::connect(&self.url, postgres::NoTls).expect("connect");
+        c.query_one(
+            "SELECT COUNT(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND application_name = 'jobd'
+                AND (backend_xid IS NOT NULL OR state LIKE 'idle in transaction%')",
+            &[],
+        )
+        .expect("query pg_stat_activity")
+        .get(0)
+    }
+
     /// The database's sessions and the locks they hold, for failure messages.
     pub fn sessions(&self) -> String {
         let Ok(mut c) = postgres::Client::connect(&self.url, postgres::NoTls) else {

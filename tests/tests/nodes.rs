@@ -218,11 +218,11 @@ fn a_node_frozen_past_its_lease_cannot_commit_when_it_wakes() {
     let (runner, _) = c.wait_running(0, &id, 200);
     let other = 1 - runner;
 
-    c.node(runner).freeze();
+    c.freeze_between_commits(runner);
     let frozen_at = committed_units(&c, &id);
-    // The other node takes over once the lease ran out (or, if the node froze
-    // inside a commit, once the server ended that session) and goes on well past
-    // what the frozen node had in hand.
+    // The other node takes over once the lease ran out and goes on well past
+    // what the frozen node had in hand; on waking, the frozen node's commit of
+    // that batch must find another epoch and roll back.
     let s = c.wait_until(
         other,
         &id,

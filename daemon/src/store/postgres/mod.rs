@@ -99,8 +99,11 @@ fn classify(e: pg::Error) -> StoreError {
         let message = format!("{} ({code})", db.message());
         return match &code[..2] {
             // Connection exceptions, the server shutting down or starting up,
-            // out of connections or space: it may answer later.
+            // out of connections or space: it may answer later. 25P03 is the
+            // commit guard ending a session that idled inside a transaction
+            // (a frozen node): its retry re-claims and learns if it was fenced.
             "08" | "57" | "53" => StoreError::Unavailable(message),
+            _ if code == "25P03" => StoreError::Unavailable(message),
             _ => StoreError::Database(message),
         };
     }
