@@ -148,6 +148,27 @@ impl Nodes {
         .get(0)
     }
 
+    /// The job's row as stored (state, node, epoch, lease), for failure messages.
+    pub fn stored_row(&self, id: &str) -> String {
+        let Ok(mut c) = postgres::Client::connect(&self.url, postgres::NoTls) else {
+            return "(the database cannot be reached)".into();
+        };
+        match c.query_opt(
+            "SELECT row_to_json(j)::text, (SELECT json_agg(n)::text FROM jobd.nodes n), now()::text
+               FROM jobd.jobs j WHERE id = $1",
+            &[&id],
+        ) {
+            Ok(Some(r)) => format!(
+                "{} at {}\nnodes: {}",
+                r.get::<_, String>(0),
+                r.get::<_, String>(2),
+                r.get::<_, Option<String>>(1).unwrap_or_default()
+            ),
+            Ok(None) => format!("no row for {id}"),
+            Err(e) => format!("({e})"),
+        }
+    }
+
     /// The database's sessions and the locks they hold, for failure messages.
     pub fn sessions(&self) -> String {
         let Ok(mut c) = postgres::Client::connect(&self.url, postgres::NoTls) else {

@@ -4,6 +4,8 @@
 //! with a second daemon that ran the same input without ever being killed: every
 //! baseline row present exactly once, every team exactly once, export bytes
 //! identical, row-error reports identical, `integrity_check` ok after every restart.
+//! Node kills: the same over three nodes on one PostgreSQL, a random node
+//! killed at random points, the job taken over or re-claimed.
 //! Then durable controls across SIGKILL (an acknowledged stop, an acknowledged
 //! terminate, a crash inside a terminate's rollback) and uploads cut short by the
 //! client or by the daemon.
@@ -423,6 +425,127 @@ fn crash_soak() {
     }
     let sum: u64 = results.iter().map(|(_, (p, _))| p).sum();
     eprintln!("[crash_soak] {sum} kill points in {:?}", started.elapsed());
+}
+
+// ---------------------------------------------------------------------------------
+// Node kills
+
+/// Kill points of the node harness in CI.
+const NODE_POINTS: u64 = 21;
+/// The nodes' lease: short, so that takeovers come quickly.
+const NODE_LEASE: &str = "2";
+
+/// A 3-node cluster on one PostgreSQL runs jobs of random kinds, each submitted to
+/// a random node; at random moments a random node is SIGKILLed (mostly the one
+/// running the job) and restarted either at once (it re-claims its own jobs) or
+/// only after another node took the job over once the lease ran out. After every
+/// kill no progress a client was shown is lost and the committed effects match
+/// the committed counters; every job ends with the same effects as on a single
+/// daemon that was never killed.
+#[test]
+fn crash_nodes_at_random_points() {
+    if !jobd_tests::backend::postgres_or_skip("crash_nodes_at_random_points") {
+        return;
+    }
+    let seed = Seed::from_env("JOBD_CRASH_SEED", "crash_nodes_at_random_points");
+    let mut rng = seed.rng(0x40DE);
+    let mut c =
+        jobd_tests::nodes::Nodes::start(3, &["--lease-secs", NODE_LEASE, "--max-running", "2"]);
+    let reference = Daemon::start_on_with(Backend::Postgres, &["--max-running", "2"]);
+    let data = export_data(rng.next_u64());
+    upload_export_data(c.node(0), &data);
+    upload_export_data(&reference, &data);
+    let kinds = [Kind::Baseline, Kind::Teams, Kind::Export];
+    let (mut made, mut runs, mut takeovers) = (0u64, 0u64, 0u64);
+    while made < NODE_POINTS {
+        runs += 1;
+        assert!(
+            runs <= NODE_POINTS * 3,
+            "only {made} node kill points in {runs} runs: the jobs end before the kills"
+        );
+        let kind = kinds[rng.below(3) as usize];
+        let (input, rate) = make_input(kind, &mut rng, runs, Some(&data));
+        let t0 = Instant::now();
+        let rid = input.submit(&reference, None);
+        reference.wait_completed(&rid);
+        let unthrottled = t0.elapsed();
+        let full = match rate {
+            Some(r) => Duration::from_secs_f64(input.units() as f64 / r),
+            None => unthrottled,
+        };
+        let id = input.submit(c.node(rng.below(3) as usize), rate);
+        let kills = 1 + rng.below(3);
+        for _ in 0..kills.min(NODE_POINTS - made) {
+            let w = full.as_millis().max(2) as u64;
+            thread::sleep(Duration::from_millis(if rng.chance(12) {
+                rng.below(4)
+            } else {
+                rng.below(w / 2 + 1)
+            }));
+            let asked = c.other_than(&[]);
+            let before = c.node(asked).status_json(&id);
+            if is_finished(&before) {
+                break;
+            }
+            let runner = before["node"].as_str().map(|n| c.index_of(n));
+            let victim = match runner {
+                Some(r) if !rng.chance(5) => r,
+                _ => rng.below(3) as usize,
+            };
+            c.node_mut(victim).sigkill();
+            made += 1;
+            let wait_takeover = Some(victim) == runner && rng.chance(50);
+            if wait_takeover {
+                let other = c.other_than(&[victim]);
+                let victim_name = format!("n{}", victim + 1);
+                let deadline = Instant::now() + Duration::from_secs(20);
+                loop {
+                    let s = c.node(other).status_json(&id);
+                    if is_finished(&s)
+                        || (s["state"] == "running" && s["node"] != victim_name.as_str())
+                    {
+                        break;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "no takeover of {id} from {victim_name} within 20 s: n{} shows {s}\nstored: {}\n{}\n{}",
+                        other + 1,
+                        c.stored_row(&id),
+                        c.sessions(),
+                        c.logs()
+                    );
+                    thread::sleep(POLL);
+                }
+                takeovers += 1;
+            }
+            c.node_mut(victim).restart();
+            let d = c.node(victim);
+            assert_integrity(d);
+            let cm = assert_committed_consistent(d, &id);
+            let after = cm.processed + cm.failed;
+            assert!(
+                after >= units(&before),
+                "job {id}: {} units were reported before n{} was killed, {after} committed after: {before} / {cm:?}",
+                units(&before),
+                victim + 1
+            );
+            assert_ne!(
+                cm.state, "failed",
+                "job {id} failed after a node kill: {cm:?}"
+            );
+        }
+        eprintln!(
+            "[crash nodes] run {runs}: {kind:?}, {} units, rate {rate:?}: {made} kill points so far",
+            input.units()
+        );
+        let d = c.node(rng.below(3) as usize);
+        d.wait_completed(&id);
+        verify(&input, Some(&data), d, &id, &reference, &rid);
+    }
+    wait_uploads_gone(c.node(0));
+    eprintln!(
+        "[crash_nodes_at_random_points] {made} node kill points over {runs} job runs, {takeovers} waited for a takeover"
+    );
 }
 
 // ---------------------------------------------------------------------------------

@@ -7,6 +7,7 @@
 //!
 //! The node kills at random points are in `crash.rs` (`crash_nodes_*`).
 
+use jobd_protocol::JobState;
 use jobd_tests::backend::postgres_or_skip;
 use jobd_tests::crash::{assert_committed_consistent, assert_integrity, units};
 use jobd_tests::nodes::Nodes;
@@ -200,6 +201,71 @@ fn sigkill_of_the_running_node_hands_the_job_over_after_its_lease() {
     assert_baseline_exact(c.node(watcher), &id, &f.records);
     assert_committed_consistent(c.node(watcher), &id);
     assert_integrity(c.node(0));
+}
+
+/// A stop answered by one node and a start sent at once to another: the start
+/// acts on what the store holds, not on a view that has not seen the stop yet,
+/// so the job runs again every time (and a stop right after a start parks it).
+#[test]
+fn stop_on_one_node_then_start_at_once_on_another_runs_the_job() {
+    if !postgres_or_skip("stop_on_one_node_then_start_at_once_on_another_runs_the_job") {
+        return;
+    }
+    let c = Nodes::start(3, &[]);
+    let f = baseline(1208, 3000);
+    let id = c.node(0).upload(&f.bytes(), Some(300.0));
+    c.wait_running(0, &id, 5);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut clients = Vec::new();
+        for d in &c.nodes {
+            clients.push(
+                jobd_protocol::Client::connect(&d.socket, "jobd-tests/nodes")
+                    .await
+                    .expect("connect"),
+            );
+        }
+        for round in 0..12 {
+            let (a, b) = (round % 3, (round + 1 + round / 3 % 2) % 3);
+            let stopped = clients[a].control(&id, "stop").await.expect("stop");
+            assert_eq!(
+                stopped.state,
+                JobState::Paused,
+                "round {round}: {stopped:?}"
+            );
+            let started = clients[b].control(&id, "start").await.expect("start");
+            assert!(
+                matches!(started.state, JobState::Queued | JobState::Running),
+                "round {round}: start on n{} after a stop on n{} answered {started:?}",
+                b + 1,
+                a + 1
+            );
+            // Running again, on whichever node claimed it, before the next stop.
+            let deadline = Instant::now() + DEADLINE;
+            loop {
+                let s = clients[a]
+                    .status(std::slice::from_ref(&id))
+                    .await
+                    .expect("status");
+                if s[0].state == JobState::Running && s[0].node.is_some() {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "round {round}: not running again: {:?}",
+                    s[0]
+                );
+                tokio::time::sleep(POLL).await;
+            }
+        }
+    });
+    let s = c.node(2).wait_completed(&id);
+    assert_counts(&s, 3000, 0, Some(3000));
+    assert_baseline_exact(c.node(1), &id, &f.records);
+    assert_committed_consistent(c.node(0), &id);
 }
 
 /// A node frozen past its lease, whose job another node took over, wakes up with

@@ -46,6 +46,12 @@ impl Registry {
         id: &str,
         action: Action,
     ) -> Result<JobInfo, Refusal> {
+        if self.shared {
+            // Decide on the store's state, not on a mirror that may not have
+            // seen another node's change yet (a stop there, then a start here).
+            // Unreachable, the store fails the control below anyway.
+            let _ = self.refresh(id).await;
+        }
         // Loops only when the job changed state under our feet (started running,
         // or, on a shared store, was changed by another node).
         loop {

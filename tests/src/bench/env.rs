@@ -41,6 +41,12 @@ pub struct Sizes {
     pub restart_unfinished: usize,
     /// Seconds of each wrk run of the http scenario.
     pub http_secs: f64,
+    /// Cross-node `jobctl stop` calls per run of nodes-stop.
+    pub node_stops: usize,
+    /// Submitted one-row jobs per run of nodes-claim.
+    pub node_claims: usize,
+    /// Small jobs per run of nodes-many (with 3 nodes, and with 1).
+    pub node_jobs: usize,
 }
 
 impl Sizes {
@@ -63,6 +69,9 @@ impl Sizes {
             restart_jobs: 100_000,
             restart_unfinished: 1000,
             http_secs: 5.0,
+            node_stops: 200,
+            node_claims: 200,
+            node_jobs: 2000,
         }
     }
 
@@ -85,6 +94,9 @@ impl Sizes {
             restart_jobs: 5_000,
             restart_unfinished: 100,
             http_secs: 2.0,
+            node_stops: 40,
+            node_claims: 40,
+            node_jobs: 300,
         }
     }
 }
@@ -314,12 +326,40 @@ impl Env {
     /// Starts a daemon on a fresh directory (and, in a `pg-` scenario, a fresh
     /// database) and waits until it answers a ping.
     pub fn daemon(&self, name: &str, extra: &[&str]) -> Result<Jobd> {
-        let dir = self.fresh_dir(name)?;
         let db = if self.on_pg.load(Ordering::SeqCst) {
             Some(self.fresh_database(name)?)
         } else {
             None
         };
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        self.spawn_in_fresh_dir(name, db, extra)
+    }
+
+    /// `n` nodes (`--node n1`, `n2`, ...) on one fresh database of the PostgreSQL
+    /// server, each with its own directory, all answering a ping.
+    pub fn cluster(&self, name: &str, n: usize, extra: &[&str]) -> Result<Cluster> {
+        let db = self.fresh_database(name)?;
+        let mut nodes = Vec::with_capacity(n);
+        for i in 1..=n {
+            let mut args = vec![
+                "--store".to_string(),
+                db.url(),
+                "--node".to_string(),
+                format!("n{i}"),
+            ];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            nodes.push(self.spawn_in_fresh_dir(name, None, args)?);
+        }
+        Ok(Cluster { nodes, _db: db })
+    }
+
+    fn spawn_in_fresh_dir(
+        &self,
+        name: &str,
+        db: Option<Database>,
+        extra: Vec<String>,
+    ) -> Result<Jobd> {
+        let dir = self.fresh_dir(name)?;
         let mut d = Jobd {
             db,
             socket: dir.join("run").join("jobd.sock"),
@@ -327,13 +367,19 @@ impl Env {
             dir,
             jobd: self.bins.jobd.clone(),
             jobctl: self.bins.jobctl.clone(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
+            extra,
             child: None,
             starts: 0,
         };
         d.spawn()?;
         Ok(d)
     }
+}
+
+/// Nodes on one database: the nodes are dropped (killed) before the database.
+pub struct Cluster {
+    pub nodes: Vec<Jobd>,
+    _db: Database,
 }
 
 /// Runs a future to its end on a fresh current-thread runtime (the client side of every

@@ -56,6 +56,16 @@ pub async fn commit(
             let _ = Object::take(client);
             Err(CommitError::Interrupted)
         }
+        // A worker that lost its claim mid-batch may collide with the new
+        // holder's effects (the same record numbers) before it reaches the
+        // epoch check: that is being fenced, not a failure of the job.
+        Err(CommitError::Store(e)) if !matches!(e, StoreError::Fenced(_)) => {
+            drop(tx);
+            match jobs::epoch(&client, claim.seq).await {
+                Ok(Some(now)) if now != claim.epoch => Err(StoreError::Fenced(claim.seq).into()),
+                _ => Err(CommitError::Store(e)),
+            }
+        }
         Err(e) => Err(e),
     }
 }
@@ -71,9 +81,10 @@ async fn apply(
     seal: &Seal<'_>,
 ) -> Result<Progress, CommitError> {
     let seq = claim.seq;
-    // The job's row stays locked to the end: a new claim waits for this commit,
-    // and this commit happens only if no new claim came first.
-    let job = jobs::lock_claimed(tx, seq, claim.epoch).await?;
+    // The job's row is locked only at the end, before its counts are written:
+    // from there a new claim waits for this commit, and this commit happens
+    // only if no new claim came first (else everything here rolls back).
+    let job = jobs::read_claimed(tx, seq, claim.epoch).await?;
     let records = insert_blocks(tx, seq, job.records, batch).await?;
     let conflicts = insert_teams(tx, seq, &job.owner, batch).await?;
     let progress = tally(batch, &conflicts, seal)?;
@@ -109,6 +120,7 @@ async fn apply(
     } else {
         Some(blobs::append_output(tx, seq, job.output_len as u64, batch.output()).await? as i64)
     };
+    jobs::lock_unchanged(tx, seq, claim.epoch, &job).await?;
     let stmt = tx
         .prepare_cached(
             "UPDATE jobd.jobs SET processed = $2, failed = $3, total = $4, cursor = $5,

@@ -196,6 +196,56 @@ pub struct Locked {
     pub records: i64,
 }
 
+/// Reads what a commit needs of the job's row, without locking it, and checks
+/// that `epoch` is still its claim. Only the claim's holder changes these
+/// figures; [`lock_unchanged`] confirms them under the row's lock at the end.
+pub async fn read_claimed(
+    c: &impl GenericClient,
+    seq: i64,
+    epoch: i64,
+) -> Result<Locked, StoreError> {
+    let stmt = c
+        .prepare_cached("SELECT owner, output_len, records, epoch FROM jobd.jobs WHERE seq = $1")
+        .await?;
+    let row = c
+        .query_opt(&stmt, &[&seq])
+        .await?
+        .ok_or_else(|| StoreError::Corrupt(format!("job {seq} vanished")))?;
+    if row.try_get::<_, i64>(3)? != epoch {
+        return Err(StoreError::Fenced(seq));
+    }
+    Ok(Locked {
+        owner: row.try_get(0)?,
+        output_len: row.try_get(1)?,
+        records: row.try_get(2)?,
+    })
+}
+
+/// Locks the job's row for the rest of the caller's transaction and checks that
+/// `epoch` is still its claim and that the figures `seen` earlier still hold.
+/// Taken last, the lock is held only while the commit itself is written: a
+/// control from another node waits for that, not for the whole batch.
+pub async fn lock_unchanged(
+    c: &impl GenericClient,
+    seq: i64,
+    epoch: i64,
+    seen: &Locked,
+) -> Result<(), StoreError> {
+    let now = lock_claimed(c, seq, epoch).await?;
+    if now.output_len != seen.output_len || now.records != seen.records {
+        return Err(StoreError::Fenced(seq));
+    }
+    Ok(())
+}
+
+/// The job's claim as committed now (outside any transaction of the caller's).
+pub async fn epoch(c: &impl GenericClient, seq: i64) -> Result<Option<i64>, StoreError> {
+    let row = c
+        .query_opt("SELECT epoch FROM jobd.jobs WHERE seq = $1", &[&seq])
+        .await?;
+    Ok(row.map(|r| r.try_get(0)).transpose()?)
+}
+
 /// Locks the job's row for the caller's transaction and checks that `epoch` is
 /// still its claim.
 pub async fn lock_claimed(

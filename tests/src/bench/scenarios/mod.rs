@@ -4,6 +4,7 @@ mod control;
 mod http;
 mod ingest;
 mod jobs;
+mod nodes;
 
 use super::env::Env;
 use super::stats::Measure;
@@ -98,6 +99,36 @@ pub const ALL: &[Scenario] = &[
         about: "PostgreSQL store: 100 000 submitted jobs: submit latency last/first 1 000, status at 100 000 vs 100",
         big: false,
         run: jobs::pg_many_jobs,
+    },
+    Scenario {
+        name: "nodes-takeover",
+        about: "3 nodes on PostgreSQL: SIGKILL of the running node -> the job runs on another, vs the lease",
+        big: false,
+        run: nodes::takeover,
+    },
+    Scenario {
+        name: "nodes-stop",
+        about: "3 nodes on PostgreSQL: `jobctl stop ID` sent to a node other than the running one",
+        big: false,
+        run: nodes::stop,
+    },
+    Scenario {
+        name: "nodes-claim",
+        about: "3 idle nodes on PostgreSQL: a one-row job, submit answered -> completion seen",
+        big: false,
+        run: nodes::claim,
+    },
+    Scenario {
+        name: "nodes-idle",
+        about: "3 nodes on PostgreSQL with 200 paused jobs: CPU of each node while idle",
+        big: false,
+        run: nodes::idle,
+    },
+    Scenario {
+        name: "nodes-many",
+        about: "many small jobs on 3 nodes vs on 1 node (same database server)",
+        big: false,
+        run: nodes::many,
     },
     Scenario {
         name: "http",
