@@ -301,7 +301,7 @@ impl Cluster for PgStore {
                             (SELECT count(*) FROM jobd.jobs j
                               WHERE j.node = n.name AND j.state = 'running'),
                             n.max_running, n.stopped
-                       FROM jobd.nodes n ORDER BY n.heartbeat_at DESC, n.name",
+                       FROM jobd.nodes n ORDER BY n.name",
                     &[],
                 )
                 .await?;

@@ -324,6 +324,18 @@ pub fn idle(env: &Env) -> Result<Vec<Measure>> {
             Some(Target::AtMost(5e-3)),
         );
         let mut each = Measure::new(IDLE, "  same, median node (info)", Unit::Seconds, None);
+        let mut fan_commits = Measure::new(
+            IDLE,
+            "one job running: its commits per second (info)",
+            Unit::PerSecond,
+            None,
+        );
+        let mut fan_cpu = Measure::new(
+            IDLE,
+            "  CPU of a node not running it, per commit it hears (info)",
+            Unit::Seconds,
+            None,
+        );
         let bytes = Arc::new(small_csv(24, 10));
         for run in 0..env.sizes.heavy_runs {
             let c = env.cluster(IDLE, 3, &["--max-running", "1"])?;
@@ -361,9 +373,69 @@ pub fn idle(env: &Env) -> Result<Vec<Measure>> {
             );
             worst.push(max);
             each.push(median(&per10).unwrap_or(0.0));
+
+            // The fan-out: one job commits often; what does every other node pay?
+            let (commits, cpu) = fan_out(&c, window)?;
+            progress(
+                IDLE,
+                format!(
+                    "run {}/{}: one job running: {commits:.0} commits/s; CPU per 10 s of the nodes not running it: {}",
+                    run + 1,
+                    env.sizes.heavy_runs,
+                    cpu.iter()
+                        .map(|v| format!("{:.1} ms", v * 1e3))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+            fan_commits.push(commits);
+            // CPU seconds per second ÷ commits per second: the cost of one commit heard.
+            fan_cpu.push(median(&cpu).unwrap_or(0.0) / 10.0 / commits.max(1e-9));
         }
-        Ok(vec![worst, each])
+        Ok(vec![worst, each, fan_commits, fan_cpu])
     })
+}
+
+/// Runs one throttled job (it commits whenever it waits) for `window`; returns
+/// its commits per second and the CPU per 10 s of each node that does not run
+/// it (the fan-out: every commit is heard, and its job loaded, by every node).
+fn fan_out(c: &Cluster, window: Duration) -> Result<(f64, Vec<f64>)> {
+    let bytes = small_csv(26, 400_000);
+    let (id, r) = block_on(async {
+        let mut cl = c.nodes[0].client().await?;
+        let id = submit_bytes(&mut cl, &bytes, Some(1000.0)).await?;
+        let (r, _) = runner(&c.nodes[0], &id, 0).await?;
+        Ok::<_, anyhow::Error>((id, r))
+    })?;
+    let commits = || {
+        block_on(async {
+            let mut cl = c.nodes[r].client().await?;
+            let m = cl.metrics().await.map_err(|e| anyhow!("metrics: {e}"))?;
+            Ok::<_, anyhow::Error>(m.commits.count())
+        })
+    };
+    let others: Vec<usize> = (0..c.nodes.len()).filter(|i| *i != r).collect();
+    let cpu = || {
+        others
+            .iter()
+            .map(|i| cpu_time(c.nodes[*i].pid()))
+            .collect::<Result<Vec<_>>>()
+    };
+    let (k0, before) = (commits()?, cpu()?);
+    thread::sleep(window);
+    let (k1, after) = (commits()?, cpu()?);
+    block_on(async {
+        let mut cl = c.nodes[0].client().await?;
+        cl.control(&id, "terminate")
+            .await
+            .map_err(|e| anyhow!("terminate {id}: {e}"))
+    })?;
+    let per10 = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| secs(a.saturating_sub(*b)) * 10.0 / window.as_secs_f64())
+        .collect();
+    Ok((k1.saturating_sub(k0) as f64 / window.as_secs_f64(), per10))
 }
 
 /// Submits [`IDLE_PAUSED`] throttled jobs spread over the nodes and stops each
