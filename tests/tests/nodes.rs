@@ -268,6 +268,54 @@ fn stop_on_one_node_then_start_at_once_on_another_runs_the_job() {
     assert_committed_consistent(c.node(0), &id);
 }
 
+/// Job ids are drawn by each node without asking the others; when the store
+/// already has the one drawn, the upload (kept in its transaction) is given
+/// another. Half of the ids of the coming seconds are taken behind the nodes'
+/// backs (no notification), so most uploads draw a taken one at least once.
+#[test]
+fn an_upload_whose_id_another_node_took_gets_another() {
+    if !postgres_or_skip("an_upload_whose_id_another_node_took_gets_another") {
+        return;
+    }
+    let c = Nodes::start(2, &[]);
+    let user = current_user();
+    let uid = nix::unistd::getuid().as_raw() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let mut db = postgres::Client::connect(c.url(), postgres::NoTls).expect("connect");
+    db.batch_execute("SET session_replication_role = replica")
+        .expect("no triggers");
+    let taken = db
+        .execute(
+            "INSERT INTO jobd.jobs (id, kind, owner_uid, owner, state, created_at, updated_at, input)
+             SELECT $1 || '-baselineCSV-' || s || '-' || n, 'baselineCSV', $2, $1, 'completed', 0, 0, ''
+               FROM generate_series($3::int8, $3::int8 + 20) s, generate_series(0, 9999, 2) n",
+            &[&user, &uid, &now],
+        )
+        .expect("take ids");
+    assert_eq!(taken, 21 * 5000);
+    let files: Vec<BaselineFile> = (0..12).map(|i| baseline(1210 + i, 50)).collect();
+    let ids: Vec<String> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| c.node(i % 2).upload(&f.bytes(), None))
+        .collect();
+    let distinct: BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), ids.len(), "{ids:?}");
+    for (id, f) in ids.iter().zip(&files) {
+        let n: u64 = id
+            .rsplit('-')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .expect("id number");
+        assert_eq!(n % 2, 1, "{id} was taken already");
+        c.node(0).wait_completed(id);
+        assert_baseline_exact(c.node(1), id, &f.records);
+    }
+}
+
 /// A node frozen past its lease, whose job another node took over, wakes up with
 /// a batch in hand: its commit finds another epoch and rolls back, and the job's
 /// effects are exactly once. (Without the epoch check in the commit, this test

@@ -153,7 +153,10 @@ impl Upload for PgUpload {
     /// The job row goes in under a savepoint: a taken id leaves the upload's
     /// transaction usable, for another try.
     fn create_job(&mut self, job: &NewJob<'_>) -> Result<JobRow, StoreError> {
-        self.flush(true)?;
+        // Only once: a retry (its id was taken) finds the COPY already finished.
+        if self.copy.is_some() {
+            self.flush(true)?;
+        }
         if let Some(mut copy) = self.copy.take() {
             self.store
                 .run(async move { Ok::<_, StoreError>(copy.as_mut().finish().await?) })?;

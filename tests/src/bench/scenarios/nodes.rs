@@ -3,7 +3,7 @@
 //! node's. On one 2-core machine every node shares the cores: these figures are
 //! about cost, not scale-out.
 
-use super::{progress, status_one, submit_bytes, wait_completed, wait_for};
+use super::{progress, status_one, submit_bytes, wait_completed};
 use crate::bench::data::{small_csv, XorShift};
 use crate::bench::env::{block_on, Cluster, Env, Jobd};
 use crate::bench::procfs::cpu_time;
@@ -41,15 +41,30 @@ fn node_index(name: &str) -> Result<usize> {
 /// that a job stopped soon after every start still advances: a stop aimed at a
 /// running job waits for it.)
 async fn runner(d: &Jobd, id: &str, after: u64) -> Result<(usize, u64)> {
+    running_on(d, id, after)
+        .await?
+        .ok_or_else(|| anyhow!("job {id} ended before it ran on a node"))
+}
+
+/// [`runner`], or `None` once the job has completed.
+async fn running_on(d: &Jobd, id: &str, after: u64) -> Result<Option<(usize, u64)>> {
     let mut c = d.client().await?;
-    let info = wait_for(&mut c, id, "running on a node", |i| {
-        i.state == JobState::Running && i.node.is_some() && i.processed > after
-    })
-    .await?;
-    Ok((
-        node_index(info.node.as_deref().unwrap_or_default())?,
-        info.processed,
-    ))
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let i = status_one(&mut c, id).await?;
+        if i.state == JobState::Running && i.processed > after {
+            if let Some(n) = i.node.as_deref() {
+                return Ok(Some((node_index(n)?, i.processed)));
+            }
+        }
+        if i.state == JobState::Completed {
+            return Ok(None);
+        }
+        if i.state.is_finished() || Instant::now() > deadline {
+            bail!("job {id}: not running on a node; last status {i:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// SIGKILL of the node running a job → another node runs it, ÷ the lease.
@@ -213,7 +228,7 @@ pub fn stop(env: &Env) -> Result<Vec<Measure>> {
                 let started = block_on(async {
                     let mut cl = c.nodes[at].client().await?;
                     match cl.control(&id, "start").await {
-                        Ok(_) => runner(&c.nodes[at], &id, parked).await.map(|(r, _)| Some(r)),
+                        Ok(_) => Ok(running_on(&c.nodes[at], &id, parked).await?.map(|(r, _)| r)),
                         Err(e) if e.code() == Some(ErrorCode::JobFinished) => Ok(None),
                         Err(e) => Err(anyhow!("start {id}: {e}")),
                     }
