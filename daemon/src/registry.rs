@@ -388,7 +388,7 @@ impl Registry {
             st.scheduler.release();
             return;
         };
-        let (line, rx, interrupt) = ControlLine::new();
+        let (line, rx, interrupt, epoch) = ControlLine::new();
         entry.worker = Some(line);
         entry.info.node = Some(self.node.clone());
         entry.set_state(JobState::Running, &self.feed);
@@ -399,6 +399,7 @@ impl Registry {
             seq: entry.seq,
             controls: rx,
             interrupt,
+            epoch,
             max_row_errors: self.max_row_errors,
             claim: std::cell::Cell::new(claimed.as_ref().map(|(_, c)| *c)),
             claimed: std::cell::Cell::new(claimed),

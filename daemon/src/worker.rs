@@ -18,7 +18,7 @@ use crate::store::{
 use committer::{Committer, SealedBatch};
 use jobd_protocol::{JobState, RowError};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,20 +45,37 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 pub struct ControlLine {
     pub tx: Sender<Control>,
     pub interrupt: Arc<AtomicBool>,
+    /// The epoch of the worker's claim, once made (-1 before).
+    pub epoch: Arc<AtomicI64>,
 }
 
 impl ControlLine {
-    pub fn new() -> (ControlLine, Receiver<Control>, Arc<AtomicBool>) {
+    pub fn new() -> (
+        ControlLine,
+        Receiver<Control>,
+        Arc<AtomicBool>,
+        Arc<AtomicI64>,
+    ) {
         let (tx, rx) = std::sync::mpsc::channel();
         let interrupt = Arc::new(AtomicBool::new(false));
+        let epoch = Arc::new(AtomicI64::new(-1));
         (
             ControlLine {
                 tx,
                 interrupt: Arc::clone(&interrupt),
+                epoch: Arc::clone(&epoch),
             },
             rx,
             interrupt,
+            epoch,
         )
+    }
+
+    /// Whether the worker holds the claim of this epoch: a control the store
+    /// says is pending for an older claim (an event heard late, after a stop,
+    /// a start and a new claim) is not this worker's to obey.
+    pub fn holds(&self, epoch: i64) -> bool {
+        self.epoch.load(Ordering::SeqCst) == epoch
     }
 
     /// Raises the flag, then sends; a worker that already ended ignores both.
@@ -96,6 +113,8 @@ pub struct Worker {
     pub seq: i64,
     pub controls: Receiver<Control>,
     pub interrupt: Arc<AtomicBool>,
+    /// Where the worker shows its claim's epoch (see [`ControlLine::holds`]).
+    pub epoch: Arc<AtomicI64>,
     pub report: Box<dyn Fn(Progress) + Send>,
     pub max_row_errors: u64,
     /// The latest claim on the job, once made.
@@ -183,6 +202,7 @@ impl Worker {
             None => self.store.claim(self.seq, self.claim.get().as_ref())?,
         };
         self.claim.set(Some(claim));
+        self.epoch.store(claim.epoch, Ordering::SeqCst);
         self.interrupt.store(false, Ordering::SeqCst);
         // Asked of this node while it was away (or of the node before it).
         match job.pending {

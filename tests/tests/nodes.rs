@@ -91,9 +91,9 @@ fn every_node_sees_every_job_and_every_node() {
         .unwrap_or_default()
         .to_string();
     assert!(last.contains("completed"), "{out}");
+    // Every node hears of it (a node's view follows the store by notification).
     for i in 0..3 {
-        let s = c.node(i).status_json(&id);
-        assert_eq!(s["state"], "completed", "n{}: {s}", i + 1);
+        let s = c.wait_until(i, &id, "completed", DEADLINE, |s| s["state"] == "completed");
         assert!(s["node"].is_null(), "{s}");
         assert_counts(&s, SLOW_ROWS as u64, 0, Some(SLOW_ROWS as u64));
     }
@@ -115,8 +115,7 @@ fn stop_start_and_terminate_from_another_node() {
     let out = c.node(asker).jobctl(&["--json", "stop", &id]).ok().json();
     assert_eq!(out["state"], "paused", "{out}");
     for i in 0..3 {
-        let s = c.node(i).status_json(&id);
-        assert_eq!(s["state"], "paused", "n{}: {s}", i + 1);
+        let s = c.wait_until(i, &id, "paused", DEADLINE, |s| s["state"] == "paused");
         assert!(s["node"].is_null(), "{s}");
     }
     let parked = c.node(runner).assert_stays_paused(&id, HOLD);
@@ -138,7 +137,7 @@ fn stop_start_and_terminate_from_another_node() {
     c.node(asker)
         .jobctl(&["update-task", "--id", &id, "--action", "stop"])
         .ok();
-    assert_eq!(c.node(now).status_json(&id)["state"], "paused");
+    c.wait_until(now, &id, "paused", DEADLINE, |s| s["state"] == "paused");
     c.node(now)
         .jobctl(&["update-task", "--id", &id, "--action", "start"])
         .ok();
@@ -158,7 +157,9 @@ fn stop_start_and_terminate_from_another_node() {
         .json();
     assert_eq!(out["state"], "terminated", "{out}");
     for i in 0..3 {
-        assert_eq!(c.node(i).status_json(&tid)["state"], "terminated");
+        c.wait_until(i, &tid, "terminated", DEADLINE, |s| {
+            s["state"] == "terminated"
+        });
     }
     assert_no_effects(c.node(runner), &tid);
     assert_committed_consistent(c.node(0), &tid);

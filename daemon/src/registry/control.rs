@@ -50,7 +50,9 @@ impl Registry {
             // Decide on the store's state, not on a mirror that may not have
             // seen another node's change yet (a stop there, then a start here).
             // Unreachable, the store fails the control below anyway.
-            let _ = self.refresh(id).await;
+            if let Ok(false) = self.reload(id).await {
+                self.await_worker_gone(id).await;
+            }
         }
         // Loops only when the job changed state under our feet (started running,
         // or, on a shared store, was changed by another node).
@@ -191,6 +193,24 @@ impl Registry {
             Ok(true) => Some(self.set_idle_state(id, JobState::Terminated)),
             Ok(false) => self.refresh(id).await.err().map(Err),
             Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// The store no longer has the job running here, but this node's worker may
+    /// not have finished leaving it (another node that asked for the stop may
+    /// answer first): its exit settles what this node shows, so wait for it.
+    async fn await_worker_gone(&self, id: &str) {
+        let mut rx = {
+            let mut st = self.lock();
+            match st.jobs.get_mut(id) {
+                Some(e) if e.worker.is_some() => super::subscribe_entry(e),
+                _ => return,
+            }
+        };
+        let me = self.node.as_str();
+        let gone = rx.wait_for(|i| i.state != JobState::Running || i.node.as_deref() != Some(me));
+        if tokio::time::timeout(CONTROL_TIMEOUT, gone).await.is_err() {
+            tracing::warn!(job = %id, "this node's worker has not let go of a job the store shows elsewhere");
         }
     }
 

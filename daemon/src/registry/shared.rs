@@ -252,7 +252,8 @@ impl Registry {
                     // This node runs it and reports it itself; a control another
                     // node asked for is passed on to the worker.
                     let here = row.node.as_deref() == Some(self.node.as_str());
-                    if here && row.state == StoredState::Public(JobState::Running) {
+                    let running = row.state == StoredState::Public(JobState::Running);
+                    if here && running && w.holds(row.epoch) {
                         match row.pending {
                             Some(Action::Stop) => w.send(Control::Pause),
                             Some(Action::Terminate) => w.send(Control::Terminate),
@@ -330,12 +331,20 @@ impl Registry {
     /// Reads the job `id` again from the store, after a change the mirror had
     /// not shown yet.
     pub(super) async fn refresh(self: &Arc<Self>, id: &str) -> Result<(), Refusal> {
+        self.reload(id).await.map(|_| ())
+    }
+
+    /// [`Registry::refresh`], telling whether the store has the job running on
+    /// this node.
+    pub(super) async fn reload(self: &Arc<Self>, id: &str) -> Result<bool, Refusal> {
         let Some(seq) = self.lock().jobs.get(id).map(|e| e.seq) else {
             return Err(super::not_found(id));
         };
         let store = Arc::clone(&self.store);
         let row = blocking(move || store.load_job(seq).map_err(Refusal::storage)).await?;
+        let here = row.state == StoredState::Public(JobState::Running)
+            && row.node.as_deref() == Some(self.node.as_str());
         self.apply(row);
-        Ok(())
+        Ok(here)
     }
 }

@@ -157,6 +157,9 @@ pub struct JobRow {
     pub node: Option<String>,
     /// A stop or terminate asked of the node running the job, not obeyed yet.
     pub pending: Option<Action>,
+    /// The job's latest claim (0 on a store of one node): a pending control
+    /// is for the worker holding this one.
+    pub epoch: i64,
 }
 
 /// A worker's hold on a job. Each claim of a job has a higher epoch than the last;

@@ -8,9 +8,9 @@ use std::time::Duration;
 use tokio_postgres::Row;
 
 pub const JOB_COLUMNS: &str = "seq, id, kind, owner_uid, owner, state, processed, failed, total, \
-                               created_at, updated_at, error, rate, input, cursor, node, control";
+                               created_at, updated_at, error, rate, input, cursor, node, control, epoch";
 
-/// The column after [`JOB_COLUMNS`] in a `RETURNING {JOB_COLUMNS}, epoch`.
+/// The claim's epoch, in [`JOB_COLUMNS`].
 const EPOCH: usize = 17;
 
 pub fn job_of(r: &Row) -> Result<JobRow, StoreError> {
@@ -38,6 +38,7 @@ pub fn job_of(r: &Row) -> Result<JobRow, StoreError> {
         cursor: r.try_get(14)?,
         node: r.try_get(15)?,
         pending: control.as_deref().and_then(Action::parse),
+        epoch: r.try_get(EPOCH)?,
     })
 }
 

@@ -27,6 +27,7 @@ fn job_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(JobRow, String, Stri
             cursor: r.get(14)?,
             node: None,
             pending: None,
+            epoch: 0,
         },
         r.get(2)?,
         r.get(5)?,

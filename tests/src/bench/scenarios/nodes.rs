@@ -156,114 +156,138 @@ async fn watch_takeover(
     }
 }
 
-/// `jobctl stop ID` sent to a node other than the one running the job.
+/// `jobctl stop ID` sent to a node other than the running one, on two jobs: a
+/// throttled one (5000 rows/s: the nodes have CPU to spare) and an unthrottled
+/// ingest (the running node and its server backend take both cores).
 pub fn stop(env: &Env) -> Result<Vec<Measure>> {
     env.on_postgres(STOP, |env| {
         let n = env.sizes.node_stops;
-        let mut p50 = Measure::new(
-            STOP,
-            &format!("cross-node `jobctl --json stop ID` wall, median of {n}"),
-            Unit::Seconds,
-            Some(Target::AtMost(20e-3)),
-        );
-        let mut p99 = Measure::new(
-            STOP,
-            "  same, p99",
-            Unit::Seconds,
-            Some(Target::AtMost(50e-3)),
-        );
-        let mut local = Measure::new(
-            STOP,
-            "  same node's `jobctl stop ID` wall, median (info)",
-            Unit::Seconds,
-            None,
-        );
-        let mut ping = Measure::new(
-            STOP,
-            "  `jobctl ping` wall (process floor, info)",
-            Unit::Seconds,
-            None,
-        );
-        let bytes = small_csv(22, 1_000_000);
-        let mut rng = XorShift::new(22);
-        for run in 0..env.sizes.runs {
-            let c = env.cluster(STOP, 3, &[])?;
-            let submit = || {
-                block_on(async {
-                    let mut cl = c.nodes[0].client().await?;
-                    let id = submit_bytes(&mut cl, &bytes, None).await?;
-                    let (r, _) = runner(&c.nodes[0], &id, 0).await?;
-                    Ok::<_, anyhow::Error>((id, r))
-                })
-            };
-            let (mut id, mut r) = submit()?;
-            let (mut cross, mut same, mut floor) = (Vec::new(), Vec::new(), Vec::new());
-            while cross.len() < n {
-                thread::sleep(Duration::from_micros(1000 + rng.below(4000)));
-                // Every fourth stop goes to the running node itself, for comparison.
-                let here = cross.len() % 4 == 3 && same.len() < cross.len() / 3;
-                let to = if here { r } else { (r + 1 + rng.below(2) as usize) % 3 };
-                let t = Instant::now();
-                let out = c.nodes[to].jobctl(&["--json", "stop", &id]).output()?;
-                let dt = secs(t.elapsed());
-                if !out.status.success() {
-                    let err = String::from_utf8_lossy(&out.stderr);
-                    if err.contains("job_finished") {
-                        (id, r) = submit()?;
-                        continue;
-                    }
-                    bail!("jobctl stop on n{} failed ({}): {err}", to + 1, out.status);
-                }
-                let parked = serde_json::from_slice::<serde_json::Value>(&out.stdout)
-                    .ok()
-                    .and_then(|v| v["processed"].as_u64())
-                    .ok_or_else(|| anyhow!("jobctl --json stop printed no job"))?;
-                if here {
-                    same.push(dt);
-                } else {
-                    cross.push(dt);
-                }
-                // Started through some node: the job runs wherever it is claimed.
-                let at = rng.below(3) as usize;
-                let started = block_on(async {
-                    let mut cl = c.nodes[at].client().await?;
-                    match cl.control(&id, "start").await {
-                        Ok(_) => Ok(running_on(&c.nodes[at], &id, parked).await?.map(|(r, _)| r)),
-                        Err(e) if e.code() == Some(ErrorCode::JobFinished) => Ok(None),
-                        Err(e) => Err(anyhow!("start {id}: {e}")),
-                    }
-                })?;
-                match started {
-                    Some(now_on) => r = now_on,
-                    None => (id, r) = submit()?,
-                }
-                let t = Instant::now();
-                if c.nodes[0].jobctl(&["ping"]).output()?.status.success() {
-                    floor.push(secs(t.elapsed()));
-                }
-            }
-            let l = latencies(&cross);
-            let m = median(&same).unwrap_or(0.0);
-            let f = median(&floor).unwrap_or(0.0);
-            progress(
+        let mut out = Vec::new();
+        let loads: [(&str, u64, Option<f64>); 2] = [
+            ("throttled job, 5000 rows/s", 400_000, Some(5000.0)),
+            ("unthrottled ingest", 1_000_000, None),
+        ];
+        for (k, (what, rows, rate)) in loads.into_iter().enumerate() {
+            let mut p50 = Measure::new(
                 STOP,
-                format!(
-                    "run {}/{}: cross-node jobctl stop p50 {:.2} ms, p99 {:.2} ms; same node {:.2} ms; ping {:.2} ms",
-                    run + 1,
-                    env.sizes.runs,
-                    l.p50 * 1e3,
-                    l.p99 * 1e3,
-                    m * 1e3,
-                    f * 1e3
-                ),
+                &format!("{what}: cross-node `jobctl --json stop ID` wall, median of {n}"),
+                Unit::Seconds,
+                Some(Target::AtMost(20e-3)),
             );
-            p50.push(l.p50);
-            p99.push(l.p99);
-            local.push(m);
-            ping.push(f);
+            let mut p99 = Measure::new(STOP, "  same, p99", Unit::Seconds, Some(Target::AtMost(50e-3)));
+            let mut local = Measure::new(
+                STOP,
+                "  same node's `jobctl stop ID` wall, median (info)",
+                Unit::Seconds,
+                None,
+            );
+            let mut ping = Measure::new(
+                STOP,
+                "  `jobctl ping` wall (process floor, info)",
+                Unit::Seconds,
+                None,
+            );
+            let bytes = small_csv(22 + k as u64, rows);
+            let mut rng = XorShift::new(22);
+            for run in 0..env.sizes.runs {
+                let c = env.cluster(STOP, 3, &[])?;
+                let (cross, same, floor) = stop_cycles(&c, &bytes, rate, n, &mut rng)?;
+                let l = latencies(&cross);
+                let m = median(&same).unwrap_or(0.0);
+                let f = median(&floor).unwrap_or(0.0);
+                progress(
+                    STOP,
+                    format!(
+                        "{what}, run {}/{}: cross-node jobctl stop p50 {:.2} ms, p99 {:.2} ms; same node {:.2} ms; ping {:.2} ms",
+                        run + 1,
+                        env.sizes.runs,
+                        l.p50 * 1e3,
+                        l.p99 * 1e3,
+                        m * 1e3,
+                        f * 1e3
+                    ),
+                );
+                p50.push(l.p50);
+                p99.push(l.p99);
+                local.push(m);
+                ping.push(f);
+            }
+            out.extend([p50, p99, local, ping]);
         }
-        Ok(vec![p50, p99, local, ping])
+        Ok(out)
     })
+}
+
+/// `n` stops sent to a node not running the job (and a third as many to the
+/// one running it), each followed by a start through a random node; returns
+/// the wall times of the cross-node stops, of the same-node ones, and of
+/// `jobctl ping`.
+fn stop_cycles(
+    c: &Cluster,
+    bytes: &[u8],
+    rate: Option<f64>,
+    n: usize,
+    rng: &mut XorShift,
+) -> Result<(Vec<f64>, Vec<f64>, Vec<f64>)> {
+    let submit = || {
+        block_on(async {
+            let mut cl = c.nodes[0].client().await?;
+            let id = submit_bytes(&mut cl, bytes, rate).await?;
+            let (r, _) = runner(&c.nodes[0], &id, 0).await?;
+            Ok::<_, anyhow::Error>((id, r))
+        })
+    };
+    let (mut id, mut r) = submit()?;
+    let (mut cross, mut same, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+    while cross.len() < n {
+        thread::sleep(Duration::from_micros(1000 + rng.below(4000)));
+        // Every fourth stop goes to the running node itself, for comparison.
+        let here = cross.len() % 4 == 3 && same.len() < cross.len() / 3;
+        let to = if here {
+            r
+        } else {
+            (r + 1 + rng.below(2) as usize) % 3
+        };
+        let t = Instant::now();
+        let out = c.nodes[to].jobctl(&["--json", "stop", &id]).output()?;
+        let dt = secs(t.elapsed());
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            if err.contains("job_finished") {
+                (id, r) = submit()?;
+                continue;
+            }
+            bail!("jobctl stop on n{} failed ({}): {err}", to + 1, out.status);
+        }
+        let parked = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v["processed"].as_u64())
+            .ok_or_else(|| anyhow!("jobctl --json stop printed no job"))?;
+        if here {
+            same.push(dt);
+        } else {
+            cross.push(dt);
+        }
+        // Started through some node: the job runs wherever it is claimed.
+        let at = rng.below(3) as usize;
+        let started = block_on(async {
+            let mut cl = c.nodes[at].client().await?;
+            match cl.control(&id, "start").await {
+                Ok(_) => Ok(running_on(&c.nodes[at], &id, parked).await?.map(|(r, _)| r)),
+                Err(e) if e.code() == Some(ErrorCode::JobFinished) => Ok(None),
+                Err(e) => Err(anyhow!("start {id}: {e}")),
+            }
+        })?;
+        match started {
+            Some(now_on) => r = now_on,
+            None => (id, r) = submit()?,
+        }
+        let t = Instant::now();
+        if c.nodes[0].jobctl(&["ping"]).output()?.status.success() {
+            floor.push(secs(t.elapsed()));
+        }
+    }
+    Ok((cross, same, floor))
 }
 
 /// A one-row job submitted to an idle cluster: submit answered → its completion
