@@ -174,9 +174,13 @@ async fn serve_conn(mut s: UnixStream) -> std::io::Result<()> {
                 Response::End { count: 2 }
             }
             // Not used by these tests.
-            Request::Events | Request::Metrics | Request::ErrorsPage { .. } | Request::Nodes => {
-                refuse(ErrorCode::BadRequest)
-            }
+            Request::Events
+            | Request::Metrics
+            | Request::ErrorsPage { .. }
+            | Request::Nodes
+            | Request::Revert { .. }
+            | Request::PreviewTerminate { .. }
+            | Request::Prune { .. } => refuse(ErrorCode::BadRequest),
         };
         send(&mut s, &reply).await?;
     }

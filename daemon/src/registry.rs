@@ -10,7 +10,12 @@
 //! the store instead of a local queue (see `shared`). Controls are in `control`.
 
 mod control;
+mod prune;
 mod shared;
+mod undo;
+
+pub use prune::Pruning;
+pub use undo::Reverted;
 
 use crate::feed::Feed;
 use crate::kinds;
@@ -611,15 +616,8 @@ impl Registry {
 
     /// Jobs by kind and state, every pair listed.
     pub fn job_counts(&self) -> Vec<jobd_protocol::metrics::JobCount> {
-        const STATES: [JobState; 6] = [
-            JobState::Queued,
-            JobState::Running,
-            JobState::Paused,
-            JobState::Completed,
-            JobState::Failed,
-            JobState::Terminated,
-        ];
-        let mut counts = [[0u64; 6]; 3];
+        const STATES: [JobState; 7] = JobState::all();
+        let mut counts = [[0u64; 7]; 3];
         {
             let st = self.lock();
             for e in st.jobs.values() {
@@ -631,7 +629,7 @@ impl Registry {
                 counts[k][s] += 1;
             }
         }
-        let mut out = Vec::with_capacity(18);
+        let mut out = Vec::with_capacity(3 * STATES.len());
         for (k, kind) in JobKind::all().into_iter().enumerate() {
             for (s, state) in STATES.into_iter().enumerate() {
                 out.push(jobd_protocol::metrics::JobCount {
