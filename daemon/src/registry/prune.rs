@@ -112,8 +112,9 @@ impl Registry {
     }
 
     /// `--retention`: forgets every user's finished jobs once they ended `keep`
-    /// ago — at start, then whenever one becomes due (looking at least every
-    /// minute). While nothing is due it only reads the map.
+    /// ago — at start, then whenever one becomes due, looking at least every
+    /// `keep` (between a second and a minute) for jobs that ended since. While
+    /// nothing is due it only reads the map.
     pub fn start_retention(self: &Arc<Self>, keep: Duration) {
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -140,12 +141,15 @@ impl Registry {
                         Err(e) => tracing::warn!(error = %e.message, "retention: cannot prune"),
                     }
                 }
+                // A job that ends later is due `keep` after: looking again
+                // within `keep` (at least every minute) finds it in time.
+                let longest = keep.clamp(RETENTION_MIN_WAIT, RETENTION_MAX_WAIT);
                 let wait = match reg.next_due(keep) {
                     Some(due) => Duration::from_millis(due.saturating_sub(now_ms())),
-                    None => RETENTION_MAX_WAIT,
+                    None => longest,
                 };
                 drop(reg);
-                tokio::time::sleep(wait.clamp(RETENTION_MIN_WAIT, RETENTION_MAX_WAIT)).await;
+                tokio::time::sleep(wait.clamp(RETENTION_MIN_WAIT, longest)).await;
             }
         });
     }

@@ -9,7 +9,7 @@
 use super::control::finished;
 use super::{blocking, not_found, Caller, Refusal, Registry};
 use crate::dates;
-use crate::store::{Effects, StoreError};
+use crate::store::{now_ms, Effects, StoreError};
 use jobd_protocol::job::UNDO_NAMES;
 use jobd_protocol::{ErrorCode, JobInfo, JobKind, JobState, UndoSummary};
 use std::sync::Arc;
@@ -58,8 +58,9 @@ impl Registry {
                 return Ok(Reverted::Preview(self.summary(seq, info, false).await?));
             }
             let store = Arc::clone(&self.store);
-            match blocking(move || Ok(store.revert(seq, &REVERTIBLE))).await? {
-                Ok(true) => return Ok(Reverted::Done(self.mark_reverted(id, info))),
+            let at = now_ms();
+            match blocking(move || Ok(store.revert(seq, &REVERTIBLE, at))).await? {
+                Ok(true) => return Ok(Reverted::Done(self.mark_reverted(id, info, at))),
                 Ok(false) => self.refresh(id).await?,
                 Err(e) if e.is_gone() => return Err(self.gone(id, seq)),
                 Err(e) => return Err(Refusal::storage(e)),
@@ -95,17 +96,20 @@ impl Registry {
             .ok_or_else(|| not_found(id))
     }
 
-    /// Shows the job reverted (the store has it so now).
-    fn mark_reverted(&self, id: &str, mut info: JobInfo) -> JobInfo {
+    /// Shows the job reverted `at`, as the store has it now.
+    fn mark_reverted(&self, id: &str, mut info: JobInfo, at: u64) -> JobInfo {
         let mut st = self.lock();
         match st.jobs.get_mut(id) {
             Some(e) => {
-                e.set_state(JobState::Reverted, &self.feed);
+                e.info.state = JobState::Reverted;
+                e.info.updated_at = at;
+                e.publish(&self.feed);
                 e.info.clone()
             }
             // Pruned right after the revert committed.
             None => {
                 info.state = JobState::Reverted;
+                info.updated_at = at;
                 info
             }
         }

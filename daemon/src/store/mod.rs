@@ -380,9 +380,11 @@ pub trait Store: Source {
     /// Undoes every effect of a finished upload or bulk-team job and ends it as
     /// `reverted`, in one transaction that also checks it is still in one of
     /// `from` (so it never races a claim or another revert). Its counts and row
-    /// errors stay, as the record of what it did. False when it was not in
-    /// `from` (nothing happened); `Gone` when it is not in the store.
-    fn revert(&self, seq: i64, from: &[JobState]) -> Result<bool, StoreError>;
+    /// errors stay, as the record of what it did; it was last changed `at`
+    /// (unix milliseconds, the caller's clock, so that every view shows the
+    /// same time). False when it was not in `from` (nothing happened); `Gone`
+    /// when it is not in the store.
+    fn revert(&self, seq: i64, from: &[JobState], at: u64) -> Result<bool, StoreError>;
     /// Forgets, in one short transaction, up to `q.limit` jobs that `q` selects,
     /// lowest seq first: their rows, row errors, and any input or output left.
     /// Their effects stay, and their ids are never handed out again. Returns the

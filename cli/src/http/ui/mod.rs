@@ -523,6 +523,11 @@ pub fn error_code(e: &ClientError) -> &'static str {
 fn notice(code: &str) -> String {
     let known = match code {
         "job_finished" => "The job has already ended.",
+        "already_reverted" => "The job was already reverted.",
+        "job_not_finished" => {
+            "Only a finished job can be reverted; terminate rolls back one that runs."
+        }
+        "not_revertible" => "This job has nothing to revert.",
         "worker_unresponsive" => "The job did not stop within 5 seconds.",
         "daemon_unavailable" => "The daemon is unavailable; nothing was done.",
         "storage_unavailable" => "The store is unavailable; nothing was done.",

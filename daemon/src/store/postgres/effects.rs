@@ -331,14 +331,19 @@ async fn undo_effects(tx: &impl GenericClient, seq: i64) -> Result<(), StoreErro
 /// whose first statement checks (and changes) the state under the row's lock: a
 /// crash leaves the job reverted or untouched, and a revert never races a claim
 /// or another revert. Counts and row errors stay.
-pub async fn revert(client: &mut Object, seq: i64, from: &[JobState]) -> Result<bool, StoreError> {
+pub async fn revert(
+    client: &mut Object,
+    seq: i64,
+    from: &[JobState],
+    at: u64,
+) -> Result<bool, StoreError> {
     let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
     let tx = client.transaction().await?;
     let n = tx
         .execute(
             "UPDATE jobd.jobs SET state = 'reverted', updated_at = $3
               WHERE seq = $1 AND state = ANY($2)",
-            &[&seq, &from, &(crate::store::now_ms() as i64)],
+            &[&seq, &from, &(at.min(i64::MAX as u64) as i64)],
         )
         .await?;
     if n == 0 {

@@ -385,8 +385,8 @@ impl Store for PgStore {
         self.run(async { effects::effects(&mut self.client().await?, seq, names).await })
     }
 
-    fn revert(&self, seq: i64, from: &[JobState]) -> Result<bool, StoreError> {
-        self.run(async { effects::revert(&mut self.client().await?, seq, from).await })
+    fn revert(&self, seq: i64, from: &[JobState], at: u64) -> Result<bool, StoreError> {
+        self.run(async { effects::revert(&mut self.client().await?, seq, from, at).await })
     }
 
     fn prune(&self, q: &PruneQuery<'_>) -> Result<Vec<Forgotten>, StoreError> {

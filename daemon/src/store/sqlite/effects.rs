@@ -311,9 +311,14 @@ pub fn finish_terminate(store: &SqliteStore, seq: i64) -> Result<(), StoreError>
 /// Undoes a finished job's effects and marks it `reverted`, in one transaction
 /// that first checks (and changes) its state: a crash leaves it either reverted
 /// or untouched. Its counts and row errors stay.
-pub fn revert(store: &SqliteStore, seq: i64, from: &[JobState]) -> Result<bool, StoreError> {
+pub fn revert(
+    store: &SqliteStore,
+    seq: i64,
+    from: &[JobState],
+    at: u64,
+) -> Result<bool, StoreError> {
     store.write(|conn| {
-        if !jobs::transition_from(conn, seq, from, JobState::Reverted)? {
+        if !jobs::transition_from(conn, seq, from, JobState::Reverted, at)? {
             return if jobs::exists(conn, seq)? {
                 Ok(false)
             } else {

@@ -252,17 +252,24 @@ pub fn forget(conn: &Connection, seq: i64) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Moves the job to `to` if it is in one of `from`; false when it was not.
+/// Moves the job to `to` (changed `at`) if it is in one of `from`; false when
+/// it was not.
 pub fn transition_from(
     conn: &Connection,
     seq: i64,
     from: &[JobState],
     to: JobState,
+    at: u64,
 ) -> Result<bool, StoreError> {
     let n = conn.execute(
         "UPDATE jobs SET state = ?3, updated_at = ?4
           WHERE seq = ?1 AND state IN (SELECT value FROM json_each(?2))",
-        params![seq, states_json(from)?, to.as_str(), now_ms() as i64],
+        params![
+            seq,
+            states_json(from)?,
+            to.as_str(),
+            at.min(i64::MAX as u64) as i64
+        ],
     )?;
     Ok(n == 1)
 }

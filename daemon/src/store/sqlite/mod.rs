@@ -313,8 +313,8 @@ impl Store for SqliteStore {
         effects::effects(self, seq, names)
     }
 
-    fn revert(&self, seq: i64, from: &[JobState]) -> Result<bool, StoreError> {
-        effects::revert(self, seq, from)
+    fn revert(&self, seq: i64, from: &[JobState], at: u64) -> Result<bool, StoreError> {
+        effects::revert(self, seq, from, at)
     }
 
     fn prune(&self, q: &PruneQuery<'_>) -> Result<Vec<Forgotten>, StoreError> {
