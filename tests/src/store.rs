@@ -661,6 +661,24 @@ impl StoreView {
         }
     }
 
+    /// Whether the store still holds output of the export `id` (seq `seq`): its
+    /// file, or its chunks.
+    pub fn has_output_of(&self, seq: i64, id: &str) -> bool {
+        match self {
+            StoreView::Sqlite { state_dir, .. } => {
+                state_dir.join("exports").join(format!("{id}.csv")).exists()
+            }
+            StoreView::Postgres(c) => c
+                .borrow_mut()
+                .query_opt(
+                    "SELECT 1 FROM jobd.output_chunks WHERE job_seq = $1 LIMIT 1",
+                    &[&seq],
+                )
+                .expect("query output_chunks")
+                .is_some(),
+        }
+    }
+
     /// Baseline records and teams written by the job with this seq (they stay
     /// when the job is pruned), as `(records, teams)`.
     pub fn effects_of_seq(&self, seq: i64) -> (u64, u64) {
