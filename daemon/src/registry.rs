@@ -134,6 +134,12 @@ struct State {
     scheduler: Scheduler,
     /// Jobs with a control in progress: controls on one job are serialized.
     controlling: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// Seqs this node pruned (shared store) whose deletion events have not come
+    /// back yet: those events need no pass over the map.
+    pruned_here: HashSet<i64>,
+    /// Jobs a prune forgot in the moment between their worker's last commit and
+    /// its exit: they leave the map once the worker has.
+    pruned_with_worker: HashSet<String>,
     shutting_down: bool,
 }
 
@@ -215,6 +221,8 @@ impl Registry {
             reserved: HashSet::new(),
             scheduler: Scheduler::new(limits.max_running),
             controlling: HashMap::new(),
+            pruned_here: HashSet::new(),
+            pruned_with_worker: HashSet::new(),
             shutting_down: false,
         };
         for row in rows {
@@ -469,6 +477,11 @@ impl Registry {
         };
         if e.worker.take().is_some() {
             st.scheduler.release();
+        }
+        if st.pruned_with_worker.remove(id) {
+            st.jobs.remove(id);
+            self.dispatch(&mut st);
+            return;
         }
         let Some(exit) = exit else {
             self.dispatch(&mut st);

@@ -80,13 +80,20 @@ impl Registry {
     /// Takes pruned jobs out of the map.
     fn forget_pruned(&self, gone: &[Forgotten]) {
         let mut st = self.lock();
+        if self.shared {
+            st.pruned_here.extend(gone.iter().map(|f| f.seq));
+        }
         for f in gone {
-            if st
-                .jobs
-                .get(&f.id)
-                .is_some_and(|e| e.seq == f.seq && e.worker.is_none())
-            {
-                st.jobs.remove(&f.id);
+            match st.jobs.get(&f.id) {
+                Some(e) if e.seq == f.seq && e.worker.is_none() => {
+                    st.jobs.remove(&f.id);
+                }
+                // Its worker committed the end and has not exited yet: the
+                // entry goes once it has (it holds the worker's slot).
+                Some(e) if e.seq == f.seq => {
+                    st.pruned_with_worker.insert(f.id.clone());
+                }
+                _ => {}
             }
         }
     }

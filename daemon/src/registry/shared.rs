@@ -309,8 +309,16 @@ impl Registry {
     /// One pass over the map for the whole batch: a prune of many jobs sends a
     /// few hundred at a time.
     fn forget(&self, seqs: &[i64]) {
-        let gone: HashSet<i64> = seqs.iter().copied().collect();
         let mut st = self.lock();
+        // Those this node pruned itself are out of the map already.
+        let gone: HashSet<i64> = seqs
+            .iter()
+            .copied()
+            .filter(|s| !st.pruned_here.remove(s))
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
         st.jobs
             .retain(|_, e| !gone.contains(&e.seq) || e.worker.is_some());
     }
@@ -326,6 +334,8 @@ impl Registry {
         let mut st = self.lock();
         st.jobs
             .retain(|id, e| ids.contains(id) || e.worker.is_some());
+        // Events missed are not coming: what they would have told is read now.
+        st.pruned_here.clear();
         drop(st);
         self.claim_wake.notify_one();
         Ok(())

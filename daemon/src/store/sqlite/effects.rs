@@ -384,6 +384,12 @@ pub fn prune(store: &SqliteStore, q: &PruneQuery<'_>) -> Result<Vec<Forgotten>, 
         }
         Ok(jobs)
     })?;
+    // A prune of many batches writes much to the WAL: copied back on the
+    // checkpoint thread, not inside a later commit that crosses
+    // `wal_autocheckpoint` (which would hold every writer, a stop's too).
+    if !gone.is_empty() {
+        store.committed_bulk();
+    }
     Ok(gone
         .into_iter()
         .map(|(seq, id, kind, input)| {
