@@ -3,17 +3,24 @@
 //! A prune runs in batches of [`BATCH`] jobs, one short store transaction each,
 //! so that controls and commits of running jobs wait at most for one batch (on
 //! SQLite writers queue first-in first-out, so a waiting commit goes before the
-//! next batch). Each batch is taken out of the map as soon as it has committed;
-//! on a shared store the other nodes hear of the deletions and do the same.
+//! next batch). After each batch it rests as long as the batch took: a worker
+//! parking for a stop writes twice (its last batch, then its state), and the
+//! second write then finds the store free instead of behind the next batch; the
+//! prune also leaves half of a core to the rest. Each batch is taken out of the
+//! map as soon as it has committed; on a shared store the other nodes hear of
+//! the deletions and do the same.
 
 use super::{blocking, Refusal, Registry};
 use crate::store::{now_ms, Forgotten, PruneQuery};
 use jobd_protocol::{ErrorCode, JobState};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// Jobs forgotten per store transaction: about a millisecond of work on SQLite.
+/// Jobs forgotten per store transaction: a few milliseconds of work on SQLite.
 const BATCH: usize = 200;
+
+/// The longest rest between two batches.
+const MAX_REST: Duration = Duration::from_millis(20);
 
 /// How often retention looks at the jobs at least, and at most.
 const RETENTION_MAX_WAIT: Duration = Duration::from_secs(60);
@@ -52,6 +59,7 @@ impl Registry {
         loop {
             let store = Arc::clone(&self.store);
             let (states, owner) = (Arc::clone(&states), p.owner.clone());
+            let started = Instant::now();
             let gone = blocking(move || {
                 store
                     .prune(&PruneQuery {
@@ -70,6 +78,7 @@ impl Registry {
             after = last.seq;
             total += gone.len() as u64;
             self.forget_pruned(&gone);
+            tokio::time::sleep(started.elapsed().min(MAX_REST)).await;
         }
         if total > 0 {
             self.shrink_map();
