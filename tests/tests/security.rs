@@ -185,7 +185,9 @@ fn another_user_can_neither_see_nor_control_a_job_and_root_can(b: Backend) {
 
     // A prune by nobody forgets nobody's finished jobs only; root's stay.
     assert_eq!(nobody.jobctl(&["-q", "prune"]).ok().stdout_str(), "2\n");
-    nobody.jobctl(&["status", &mine]).refused("id_doesn't_exist");
+    nobody
+        .jobctl(&["status", &mine])
+        .refused("id_doesn't_exist");
     for id in &root_jobs {
         d.status_json(id);
     }
