@@ -2,7 +2,9 @@
 //! wire protocol, to pin down output formats and exit codes without a real jobd.
 
 use jobd_protocol::frame::{read_message, write_message, DEFAULT_MAX_FRAME};
-use jobd_protocol::{ErrorCode, JobInfo, JobKind, JobState, Request, Response, RowError};
+use jobd_protocol::{
+    ErrorCode, JobInfo, JobKind, JobState, Request, Response, RowError, UndoSummary,
+};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -173,6 +175,35 @@ async fn serve_conn(mut s: UnixStream) -> std::io::Result<()> {
                 .await?;
                 Response::End { count: 2 }
             }
+            Request::Revert { id, .. } if id.contains("running") => {
+                refuse(ErrorCode::JobNotFinished)
+            }
+            Request::Revert { id, dry_run: true } => Response::Undo(Box::new(UndoSummary {
+                job: job(&id, JobState::Completed),
+                records: 3,
+                first_date: Some("2024-01-01".into()),
+                last_date: Some("2024-01-03".into()),
+                teams: 0,
+                team_names: Vec::new(),
+                output_bytes: 0,
+            })),
+            Request::Revert { id, dry_run: false } => Response::Job(job(&id, JobState::Reverted)),
+            Request::PreviewTerminate { id } => Response::Undo(Box::new(UndoSummary {
+                job: job(&id, JobState::Running),
+                records: 0,
+                first_date: None,
+                last_date: None,
+                teams: 12,
+                team_names: vec!["red".into(), "blue".into()],
+                output_bytes: 0,
+            })),
+            // Echoes what it was asked, as a count.
+            Request::Prune {
+                older_than_ms,
+                states,
+            } => Response::Pruned {
+                count: older_than_ms / 1000 + states.len() as u64,
+            },
             // Not used by these tests.
             Request::Events | Request::Metrics | Request::ErrorsPage { .. } | Request::Nodes => {
                 refuse(ErrorCode::BadRequest)
@@ -406,6 +437,94 @@ fn controls() {
         None,
     );
     assert_eq!(json(&o)["state"], "paused");
+}
+
+#[test]
+fn revert_and_dry_runs() {
+    let f = Fake::start();
+    let id = "alice-baselineCSV-1-1";
+    let o = f.jobctl(&["revert", id], None);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o), format!("Job {id} reverted.\n"));
+    assert_eq!(
+        json(&f.jobctl(&["--json", "revert", id], None))["state"],
+        "reverted"
+    );
+    let o = f.jobctl(&["revert", "--dry-run", id], None);
+    assert_eq!(code(&o), 0);
+    let text = stdout(&o);
+    assert!(text.starts_with(&format!(
+        "Dry run: revert of job {id} (baselineCSV, completed)"
+    )));
+    assert!(
+        text.contains("  3 baseline records dated 2024-01-01 to 2024-01-03\n"),
+        "{text}"
+    );
+    assert!(text.ends_with("Nothing was changed.\n"), "{text}");
+    let v = json(&f.jobctl(&["revert", "--dry-run", "--json", id], None));
+    assert_eq!(
+        (v["records"].as_u64(), v["dry_run"].as_bool()),
+        (Some(3), Some(true))
+    );
+    assert_eq!(v["last_date"], "2024-01-03");
+    let o = f.jobctl(&["revert", "alice-bulkTeam-running-1"], None);
+    assert_eq!(code(&o), 1);
+    assert!(
+        stderr(&o).starts_with("jobctl: job_not_finished: "),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stdout(&o).is_empty());
+
+    let o = f.jobctl(&["terminate", "--dry-run", "alice-bulkTeam-1-2"], None);
+    assert_eq!(code(&o), 0);
+    assert!(
+        stdout(&o).contains("  12 teams: red, blue and 10 more\n"),
+        "{}",
+        stdout(&o)
+    );
+    let v = json(&f.jobctl(
+        &["--json", "terminate", "--dry-run", "alice-bulkTeam-1-2"],
+        None,
+    ));
+    assert_eq!(
+        (v["action"].as_str(), v["teams"].as_u64()),
+        (Some("terminate"), Some(12))
+    );
+    assert!(f
+        .jobctl(&["-q", "revert", "--dry-run", id], None)
+        .stdout
+        .is_empty());
+}
+
+#[test]
+fn prune_flags_and_output() {
+    let f = Fake::start();
+    let o = f.jobctl(&["prune", "--older-than", "30s", "--state", "failed"], None);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o), "Pruned 31 finished jobs.\n");
+    let o = f.jobctl(
+        &[
+            "-q",
+            "prune",
+            "--older-than",
+            "1m",
+            "--state",
+            "failed,reverted",
+        ],
+        None,
+    );
+    assert_eq!(stdout(&o), "62\n");
+    assert_eq!(json(&f.jobctl(&["--json", "prune"], None))["pruned"], 0);
+    for bad in [
+        vec!["prune", "--older-than", "30"],
+        vec!["prune", "--state", "paused"],
+        vec!["prune", "--state", "done"],
+    ] {
+        let o = f.jobctl(&bad, None);
+        assert_eq!(code(&o), 2, "{bad:?}: {}", stderr(&o));
+        assert!(stdout(&o).is_empty());
+    }
 }
 
 #[test]

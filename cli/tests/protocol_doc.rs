@@ -212,6 +212,16 @@ fn inline_dumps_match_the_encoder() {
             after: 500,
             limit: 50,
         }),
+        frame(&Request::Revert {
+            id: "x".into(),
+            dry_run: true,
+        }),
+        frame(&Request::PreviewTerminate { id: "x".into() }),
+        frame(&Request::Prune {
+            older_than_ms: 1000,
+            states: vec![JobState::Failed, JobState::Reverted],
+        }),
+        frame(&Response::Pruned { count: 2 }),
         frame(&Response::Jobs(vec![])),
         frame(&Response::End { count: 2 }),
         frame(&Response::Chunk {
@@ -244,4 +254,24 @@ fn documented_indices_match_the_enums() {
         limit: 0,
     };
     assert_eq!(bytes(&page)[4], 14);
+    let revert = Request::Revert {
+        id: String::new(),
+        dry_run: false,
+    };
+    assert_eq!(bytes(&revert)[4], 16, "Revert is request 16");
+    let prune = Request::Prune {
+        older_than_ms: 0,
+        states: vec![JobState::Reverted],
+    };
+    assert_eq!(
+        bytes(&prune)[4..],
+        [18, 0, 1, 6],
+        "Prune, JobState::Reverted is 6"
+    );
+    assert_eq!(bytes(&Response::Pruned { count: 0 })[4], 12);
+    let refused = bytes(&Response::Error {
+        code: ErrorCode::NotRevertible,
+        message: String::new(),
+    });
+    assert_eq!(refused[5], 22, "ErrorCode::NotRevertible is index 22");
 }

@@ -72,6 +72,10 @@ pub struct Cli {
     #[arg(long)]
     pub idle_timeout: Option<u64>,
 
+    /// Forget finished jobs (status, row errors, files; not their effects) once they ended this long ago: 30d, 12h, 90m, 0s [default: keep forever]
+    #[arg(long, value_name = "DURATION")]
+    pub retention: Option<String>,
+
     /// Log filter: error, warn, info, debug, trace, or a tracing directive [default: info]
     #[arg(long, env = "JOBD_LOG")]
     pub log_level: Option<String>,
@@ -102,6 +106,7 @@ pub struct FileConfig {
     pub max_frame: Option<u32>,
     pub max_upload_bytes: Option<u64>,
     pub idle_timeout: Option<u64>,
+    pub retention: Option<String>,
     pub log_level: Option<String>,
 }
 
@@ -127,6 +132,9 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_upload_bytes: Option<u64>,
     pub idle_timeout: u64,
+    /// How long finished jobs are kept, as written (`30d`); absent: for ever.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention: Option<String>,
     pub log_level: String,
 }
 
@@ -315,6 +323,11 @@ impl Config {
             max_frame,
             max_upload_bytes: cli.max_upload_bytes.or(file.max_upload_bytes),
             idle_timeout: cli.idle_timeout.or(file.idle_timeout).unwrap_or(300),
+            retention: cli
+                .retention
+                .clone()
+                .or(file.retention)
+                .map(|r| r.trim().to_string()),
             log_level: cli
                 .log_level
                 .clone()
@@ -349,6 +362,11 @@ impl Config {
         if self.max_upload_bytes == Some(0) {
             return bad("max_upload_bytes must be at least 1".into());
         }
+        if let Some(r) = &self.retention {
+            if let Err(e) = jobd_protocol::duration::parse(r) {
+                return bad(format!("retention: {e}"));
+            }
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
             return bad(format!(
                 "log_level {:?} is not a valid filter",
@@ -364,6 +382,13 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// How long finished jobs are kept; `None`: for ever.
+    pub fn retention(&self) -> Option<std::time::Duration> {
+        self.retention
+            .as_deref()
+            .and_then(|r| jobd_protocol::duration::parse(r).ok())
     }
 
     /// The effective configuration as TOML, for `--check-config`.

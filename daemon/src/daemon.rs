@@ -139,6 +139,9 @@ pub async fn run(
     .context("loading the jobs panicked")?
     .context("cannot load the jobs")?;
     registry.start();
+    if let Some(keep) = config.retention() {
+        registry.start_retention(keep);
+    }
     tokio::spawn(Arc::clone(registry.activity()).trim_when_quiet(Arc::clone(registry.store())));
     let socket = match listener
         .local_addr()

@@ -10,7 +10,12 @@
 //! the store instead of a local queue (see `shared`). Controls are in `control`.
 
 mod control;
+mod prune;
 mod shared;
+mod undo;
+
+pub use prune::Pruning;
+pub use undo::Reverted;
 
 use crate::feed::Feed;
 use crate::kinds;
@@ -129,6 +134,12 @@ struct State {
     scheduler: Scheduler,
     /// Jobs with a control in progress: controls on one job are serialized.
     controlling: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// Seqs this node pruned (shared store) whose deletion events have not come
+    /// back yet: those events need no pass over the map.
+    pruned_here: HashSet<i64>,
+    /// Jobs a prune forgot in the moment between their worker's last commit and
+    /// its exit: they leave the map once the worker has.
+    pruned_with_worker: HashSet<String>,
     shutting_down: bool,
 }
 
@@ -210,6 +221,8 @@ impl Registry {
             reserved: HashSet::new(),
             scheduler: Scheduler::new(limits.max_running),
             controlling: HashMap::new(),
+            pruned_here: HashSet::new(),
+            pruned_with_worker: HashSet::new(),
             shutting_down: false,
         };
         for row in rows {
@@ -466,6 +479,11 @@ impl Registry {
         if e.worker.take().is_some() {
             st.scheduler.release();
         }
+        if st.pruned_with_worker.remove(id) {
+            st.jobs.remove(id);
+            self.dispatch(&mut st);
+            return;
+        }
         let Some(exit) = exit else {
             self.dispatch(&mut st);
             return;
@@ -612,15 +630,8 @@ impl Registry {
 
     /// Jobs by kind and state, every pair listed.
     pub fn job_counts(&self) -> Vec<jobd_protocol::metrics::JobCount> {
-        const STATES: [JobState; 6] = [
-            JobState::Queued,
-            JobState::Running,
-            JobState::Paused,
-            JobState::Completed,
-            JobState::Failed,
-            JobState::Terminated,
-        ];
-        let mut counts = [[0u64; 6]; 3];
+        const STATES: [JobState; 7] = JobState::all();
+        let mut counts = [[0u64; 7]; 3];
         {
             let st = self.lock();
             for e in st.jobs.values() {
@@ -632,7 +643,7 @@ impl Registry {
                 counts[k][s] += 1;
             }
         }
-        let mut out = Vec::with_capacity(18);
+        let mut out = Vec::with_capacity(3 * STATES.len());
         for (k, kind) in JobKind::all().into_iter().enumerate() {
             for (s, state) in STATES.into_iter().enumerate() {
                 out.push(jobd_protocol::metrics::JobCount {

@@ -4,7 +4,7 @@
 
 use crate::error::ErrorCode;
 use crate::frame::{self, FrameError, DEFAULT_MAX_FRAME};
-use crate::job::{JobInfo, RowError, UploadKind};
+use crate::job::{JobInfo, JobState, RowError, UndoSummary, UploadKind};
 use crate::message::{Request, Response};
 use crate::metrics::Metrics;
 use crate::node::NodeInfo;
@@ -250,6 +250,56 @@ impl Client {
             action: action.to_string(),
         })
         .await
+    }
+
+    /// Undoes a finished upload job's effects; returns the job, now `reverted`.
+    pub async fn revert(&mut self, id: &str) -> Result<JobInfo, ClientError> {
+        self.call_job(&Request::Revert {
+            id: id.to_string(),
+            dry_run: false,
+        })
+        .await
+    }
+
+    /// What a revert of the job would undo; nothing changes.
+    pub async fn revert_dry_run(&mut self, id: &str) -> Result<UndoSummary, ClientError> {
+        self.call_undo(&Request::Revert {
+            id: id.to_string(),
+            dry_run: true,
+        })
+        .await
+    }
+
+    /// What a terminate of the job would roll back now; nothing changes.
+    pub async fn preview_terminate(&mut self, id: &str) -> Result<UndoSummary, ClientError> {
+        self.call_undo(&Request::PreviewTerminate { id: id.to_string() })
+            .await
+    }
+
+    async fn call_undo(&mut self, req: &Request) -> Result<UndoSummary, ClientError> {
+        match self.call(req).await? {
+            Response::Undo(summary) => Ok(*summary),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Forgets finished jobs that ended at least `older_than_ms` ago, in `states`
+    /// (all final states when empty); returns how many.
+    pub async fn prune(
+        &mut self,
+        older_than_ms: u64,
+        states: &[JobState],
+    ) -> Result<u64, ClientError> {
+        match self
+            .call(&Request::Prune {
+                older_than_ms,
+                states: states.to_vec(),
+            })
+            .await?
+        {
+            Response::Pruned { count } => Ok(count),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Status of the given jobs, or of all the caller's jobs when `ids` is empty.

@@ -28,6 +28,13 @@ pub enum ErrorCode {
     Internal,
     /// The daemon's store (PostgreSQL) cannot be reached right now; try again.
     StorageUnavailable,
+    /// A revert of a job that is still queued, running or paused (terminate is
+    /// for those).
+    JobNotFinished,
+    /// A revert of a job that was reverted already.
+    AlreadyReverted,
+    /// A revert of a job that has nothing to undo: an export, or a terminated job.
+    NotRevertible,
 }
 
 impl ErrorCode {
@@ -54,6 +61,9 @@ impl ErrorCode {
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Internal => "internal",
             ErrorCode::StorageUnavailable => "storage_unavailable",
+            ErrorCode::JobNotFinished => "job_not_finished",
+            ErrorCode::AlreadyReverted => "already_reverted",
+            ErrorCode::NotRevertible => "not_revertible",
         }
     }
 }

@@ -62,7 +62,8 @@ impl From<UploadKind> for JobKind {
     }
 }
 
-/// `queued -> running <-> paused -> completed | failed | terminated`.
+/// `queued -> running <-> paused -> completed | failed | terminated`; a finished
+/// upload or bulk-team job (completed or failed) can later become `reverted`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum JobState {
     Queued,
@@ -71,6 +72,8 @@ pub enum JobState {
     Completed,
     Failed,
     Terminated,
+    /// Its effects were undone after it finished (protocol version 3).
+    Reverted,
 }
 
 impl JobState {
@@ -82,14 +85,38 @@ impl JobState {
             JobState::Completed => "completed",
             JobState::Failed => "failed",
             JobState::Terminated => "terminated",
+            JobState::Reverted => "reverted",
         }
     }
 
-    /// A finished job never changes again.
+    /// Every state, in wire order.
+    pub const fn all() -> [JobState; 7] {
+        [
+            JobState::Queued,
+            JobState::Running,
+            JobState::Paused,
+            JobState::Completed,
+            JobState::Failed,
+            JobState::Terminated,
+            JobState::Reverted,
+        ]
+    }
+
+    /// The final states. A finished job runs no more and takes no control; the
+    /// only change left to it is a revert (completed or failed to reverted).
+    pub const fn finished() -> [JobState; 4] {
+        [
+            JobState::Completed,
+            JobState::Failed,
+            JobState::Terminated,
+            JobState::Reverted,
+        ]
+    }
+
     pub fn is_finished(self) -> bool {
         matches!(
             self,
-            JobState::Completed | JobState::Failed | JobState::Terminated
+            JobState::Completed | JobState::Failed | JobState::Terminated | JobState::Reverted
         )
     }
 }
@@ -103,17 +130,10 @@ impl fmt::Display for JobState {
 impl FromStr for JobState {
     type Err = ();
     fn from_str(s: &str) -> Result<Self, ()> {
-        [
-            JobState::Queued,
-            JobState::Running,
-            JobState::Paused,
-            JobState::Completed,
-            JobState::Failed,
-            JobState::Terminated,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
-        .ok_or(())
+        JobState::all()
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or(())
     }
 }
 
@@ -179,3 +199,26 @@ pub struct RowError {
     pub row: u64,
     pub message: String,
 }
+
+/// What undoing a job would remove, as committed now: the answer to a dry run of
+/// `Revert`, and to `PreviewTerminate` (protocol version 3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UndoSummary {
+    /// The job as it is now.
+    pub job: JobInfo,
+    /// Baseline records the job wrote.
+    pub records: u64,
+    /// The first and last date of those records (`YYYY-MM-DD`), if any.
+    pub first_date: Option<String>,
+    pub last_date: Option<String>,
+    /// Teams the job created (their names become free again).
+    pub teams: u64,
+    /// The first of those teams' names in row order (at most [`UNDO_NAMES`]).
+    pub team_names: Vec<String>,
+    /// Bytes of export output that would go (a terminate only: a revert never
+    /// touches exports).
+    pub output_bytes: u64,
+}
+
+/// Team names an [`UndoSummary`] lists at most.
+pub const UNDO_NAMES: usize = 10;

@@ -5,6 +5,7 @@
 //! [`Response`]s. `docs/PROTOCOL.md` in the repository is the full specification.
 
 pub mod client;
+pub mod duration;
 pub mod error;
 pub mod frame;
 pub mod job;
@@ -17,13 +18,13 @@ pub mod peer;
 pub use client::{Client, ClientError};
 pub use error::ErrorCode;
 pub use frame::{FrameError, DEFAULT_MAX_FRAME};
-pub use job::{Action, JobInfo, JobKind, JobState, RowError, UploadKind};
+pub use job::{Action, JobInfo, JobKind, JobState, RowError, UndoSummary, UploadKind};
 pub use message::{Request, Response};
 pub use metrics::Metrics;
 pub use node::NodeInfo;
 
 /// Version of the protocol spoken by this crate; `Hello` and `Welcome` carry it.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Size of the data carried by one `Chunk` frame when streaming files.
 pub const CHUNK_SIZE: usize = 256 * 1024;

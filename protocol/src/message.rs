@@ -2,7 +2,7 @@
 //! writes the variant index, so new variants go at the end and none is ever removed.
 
 use crate::error::ErrorCode;
-use crate::job::{JobInfo, RowError, UploadKind};
+use crate::job::{JobInfo, JobState, RowError, UndoSummary, UploadKind};
 use crate::metrics::Metrics;
 use crate::node::NodeInfo;
 use serde::{Deserialize, Serialize};
@@ -78,6 +78,25 @@ pub enum Request {
     /// The nodes sharing the daemon's store (one, the daemon itself, on SQLite),
     /// answered by one `Nodes` frame.
     Nodes,
+    /// Undoes every effect of a finished (completed or failed) upload or
+    /// bulk-team job in one transaction; answered by `Job` in state `reverted`.
+    /// With `dry_run`, nothing changes and the answer is `Undo`.
+    Revert {
+        id: String,
+        dry_run: bool,
+    },
+    /// What a terminate of this unfinished job would roll back now, answered by
+    /// `Undo`; nothing changes.
+    PreviewTerminate {
+        id: String,
+    },
+    /// Forgets finished jobs that ended at least `older_than_ms` ago and are in
+    /// one of `states` (every final state when empty): the caller's, or every
+    /// user's for root. Answered by `Pruned` once done.
+    Prune {
+        older_than_ms: u64,
+        states: Vec<JobState>,
+    },
 }
 
 /// What the daemon sends.
@@ -113,6 +132,14 @@ pub enum Response {
     Metrics(Metrics),
     /// The answer to `Nodes`.
     Nodes(Vec<NodeInfo>),
+    /// What an undo would remove: the answer to a dry-run `Revert` and to
+    /// `PreviewTerminate` (boxed only to keep `Response` small; the encoding is
+    /// that of the struct).
+    Undo(Box<UndoSummary>),
+    /// The answer to `Prune`: how many jobs were forgotten.
+    Pruned {
+        count: u64,
+    },
 }
 
 impl Response {

@@ -191,13 +191,24 @@ impl Browser {
             .unwrap_or_else(|e| panic!("text of {css}: {e}"))
     }
 
-    /// Clicks the button whose text is exactly `label` (as a person picks it).
+    /// Clicks the button whose text is exactly `label` (as a person picks it):
+    /// the first one shown, when hidden ones (a closed dialog's) have it too.
     pub async fn click_button(&self, label: &str) {
         let xpath = format!("//button[normalize-space(.)='{label}']");
-        self.client
-            .find(Locator::XPath(&xpath))
+        let buttons = self
+            .client
+            .find_all(Locator::XPath(&xpath))
             .await
-            .unwrap_or_else(|e| panic!("no button {label:?}: {e}"))
+            .unwrap_or_else(|e| panic!("no button {label:?}: {e}"));
+        let mut shown = None;
+        for b in buttons {
+            if b.is_displayed().await.unwrap_or(false) {
+                shown = Some(b);
+                break;
+            }
+        }
+        shown
+            .unwrap_or_else(|| panic!("no button {label:?} is shown"))
             .click()
             .await
             .unwrap_or_else(|e| panic!("click {label:?}: {e}"));

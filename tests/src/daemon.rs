@@ -640,11 +640,12 @@ impl Drop for Daemon {
     }
 }
 
-/// True when the status object's state is `completed`, `failed` or `terminated`.
+/// True when the status object's state is final: `completed`, `failed`,
+/// `terminated` or `reverted`.
 pub fn is_finished(s: &Value) -> bool {
     matches!(
         s["state"].as_str(),
-        Some("completed" | "failed" | "terminated")
+        Some("completed" | "failed" | "terminated" | "reverted")
     )
 }
 

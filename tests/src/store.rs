@@ -364,12 +364,12 @@ impl StoreView {
                     .collect();
                 names
             }
+            // Teams belong to user names there (and outlive a pruned job's row).
             StoreView::Postgres(c) => c
                 .borrow_mut()
                 .query(
-                    "SELECT t.name FROM jobd.teams t JOIN jobd.jobs j ON j.seq = t.job_seq
-                      WHERE j.owner_uid = $1 ORDER BY t.name",
-                    &[&i64::from(owner_uid)],
+                    "SELECT name FROM jobd.teams WHERE owner = $1 ORDER BY name",
+                    &[&user_name(owner_uid)],
                 )
                 .expect("query team names")
                 .iter()
@@ -477,7 +477,7 @@ impl StoreView {
                         "SELECT COUNT(*) FROM jobd.uploads u WHERE NOT EXISTS
                            (SELECT 1 FROM jobd.jobs j WHERE j.kind <> 'createExport'
                                AND j.input = u.id::text
-                               AND j.state NOT IN ('completed', 'failed', 'terminated'))",
+                               AND j.state NOT IN ('completed', 'failed', 'terminated', 'reverted'))",
                         &[],
                     )
                     .expect("count stray uploads")
@@ -591,6 +591,117 @@ impl StoreView {
                 };
                 tx.commit().expect("end read transaction");
                 committed
+            }
+        }
+    }
+}
+
+/// The user name of a uid (its number when it has none), as the daemon names owners.
+fn user_name(uid: u32) -> String {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map_or_else(|| uid.to_string(), |u| u.name)
+}
+
+impl StoreView {
+    /// Whether the store still keeps `id` as taken (in `job_ids`), whether or not
+    /// the job itself is still there: a pruned job's id stays taken for ever.
+    pub fn id_taken(&self, id: &str) -> bool {
+        match self {
+            StoreView::Sqlite { conn, .. } => conn
+                .query_row("SELECT 1 FROM job_ids WHERE id = ?1", params![id], |_| {
+                    Ok(())
+                })
+                .optional()
+                .expect("query job_ids")
+                .is_some(),
+            StoreView::Postgres(c) => c
+                .borrow_mut()
+                .query_opt("SELECT 1 FROM jobd.job_ids WHERE id = $1", &[&id])
+                .expect("query job_ids")
+                .is_some(),
+        }
+    }
+
+    /// Number of rows the store keeps for jobs (finished or not).
+    pub fn job_rows(&self) -> u64 {
+        match self {
+            StoreView::Sqlite { conn, .. } => conn
+                .query_row("SELECT COUNT(*) FROM jobs", [], |r| u(r, 0))
+                .expect("count jobs"),
+            StoreView::Postgres(c) => pu(
+                &c.borrow_mut()
+                    .query_one("SELECT COUNT(*) FROM jobd.jobs", &[])
+                    .expect("count jobs"),
+                0,
+            ),
+        }
+    }
+
+    /// Row errors the store keeps for the job with this seq (0 once it is pruned).
+    pub fn row_errors_of_seq(&self, seq: i64) -> u64 {
+        match self {
+            StoreView::Sqlite { conn, .. } => conn
+                .query_row(
+                    "SELECT COUNT(*) FROM row_errors WHERE job_seq = ?1",
+                    params![seq],
+                    |r| u(r, 0),
+                )
+                .expect("count row errors"),
+            StoreView::Postgres(c) => pu(
+                &c.borrow_mut()
+                    .query_one(
+                        "SELECT COUNT(*) FROM jobd.row_errors WHERE job_seq = $1",
+                        &[&seq],
+                    )
+                    .expect("count row errors"),
+                0,
+            ),
+        }
+    }
+
+    /// Whether the store still holds output of the export `id` (seq `seq`): its
+    /// file, or its chunks.
+    pub fn has_output_of(&self, seq: i64, id: &str) -> bool {
+        match self {
+            StoreView::Sqlite { state_dir, .. } => {
+                state_dir.join("exports").join(format!("{id}.csv")).exists()
+            }
+            StoreView::Postgres(c) => c
+                .borrow_mut()
+                .query_opt(
+                    "SELECT 1 FROM jobd.output_chunks WHERE job_seq = $1 LIMIT 1",
+                    &[&seq],
+                )
+                .expect("query output_chunks")
+                .is_some(),
+        }
+    }
+
+    /// Baseline records and teams written by the job with this seq (they stay
+    /// when the job is pruned), as `(records, teams)`.
+    pub fn effects_of_seq(&self, seq: i64) -> (u64, u64) {
+        match self {
+            StoreView::Sqlite { conn, .. } => conn
+                .query_row(
+                    "SELECT (SELECT COUNT(*) FROM baseline_records WHERE id >= ?1 AND id < ?2),
+                            (SELECT COUNT(*) FROM teams WHERE job_seq = ?3)",
+                    params![seq << 32, (seq + 1) << 32, seq],
+                    |r| Ok((u(r, 0)?, u(r, 1)?)),
+                )
+                .expect("count effects"),
+            StoreView::Postgres(c) => {
+                let r = c
+                    .borrow_mut()
+                    .query_one(
+                        "SELECT (SELECT COALESCE(SUM(count), 0)::bigint FROM jobd.baseline_blocks
+                                  WHERE job_seq = $1),
+                                (SELECT COUNT(*) FROM jobd.teams WHERE job_seq = $1)",
+                        &[&seq],
+                    )
+                    .expect("count effects");
+                (pu(&r, 0), pu(&r, 1))
             }
         }
     }

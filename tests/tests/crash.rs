@@ -927,3 +927,204 @@ both_stores!(
     crash_export_at_random_points,
     daemon_killed_mid_upload_gives_the_client_an_error_and_leaves_nothing,
 );
+
+// ---------------------------------------------------------------------------------
+// Reverts and prunes under SIGKILL
+
+/// A finished job as a revert must leave it: untouched, or reverted whole.
+enum Finished {
+    Baseline(MixedBaseline),
+    Teams(MixedTeams),
+}
+
+impl Finished {
+    /// Asserts the job's committed rows: exactly its input's effects (untouched),
+    /// or none (reverted); its counts and row errors are the same either way.
+    #[track_caller]
+    fn check(&self, d: &Daemon, id: &str, errors: &[(u64, String)]) -> String {
+        let c = assert_committed_consistent(d, id);
+        let (good, bad) = match self {
+            Finished::Baseline(m) => (m.file.records.len(), m.bad_rows.len()),
+            Finished::Teams(m) => (m.teams.len(), m.bad_rows.len()),
+        };
+        assert_eq!(
+            (c.processed, c.failed),
+            (good as u64, bad as u64),
+            "{id}: {c:?}"
+        );
+        match (c.state.as_str(), self) {
+            ("completed", Finished::Baseline(m)) => assert_baseline_exact(d, id, &m.file.records),
+            ("completed", Finished::Teams(m)) => assert_teams_exact(d, id, &m.teams),
+            ("reverted", _) => assert_eq!(c.effects, 0, "{id} half reverted: {c:?}"),
+            (other, _) => panic!("{id} is {other} after a kill during its revert: {c:?}"),
+        }
+        assert_eq!(d.errors(id), errors, "{id}: row errors after the kill");
+        c.state
+    }
+}
+
+/// Reverts of finished jobs with many effects, each raced by a SIGKILL a random
+/// moment after the request was sent (within about the time one revert takes).
+/// After every restart each job is either untouched — every record or team of
+/// its input exactly once — or reverted with nothing left; its counts and row
+/// errors are the same either way.
+fn sigkill_racing_a_revert_leaves_it_whole_or_untouched(b: Backend) {
+    let seed = Seed::from_env("JOBD_CRASH_SEED", "sigkill_racing_a_revert");
+    let mut rng = seed.rng(0x4E7);
+    let mut d = Daemon::start_on_with(b, &["--max-running", "4"]);
+    let mut jobs: Vec<Finished> = Vec::new();
+    for i in 0..3 {
+        jobs.push(Finished::Baseline(baseline_mixed(
+            341 + i,
+            &["date", "name", "value"],
+            15_000,
+            Date::new(2022, 1, 1),
+            300,
+        )));
+        jobs.push(Finished::Teams(teams_mixed(
+            351 + i,
+            &format!("rv{i}"),
+            6_000,
+            3,
+        )));
+    }
+    let ids: Vec<String> = jobs
+        .iter()
+        .map(|j| match j {
+            Finished::Baseline(m) => d.upload(&m.bytes, None),
+            Finished::Teams(m) => d.bulk_team(&m.bytes, None),
+        })
+        .collect();
+    let errors: Vec<Vec<(u64, String)>> = ids
+        .iter()
+        .map(|id| {
+            d.wait_completed(id);
+            d.errors(id)
+        })
+        .collect();
+    // Calibrate on the first job: how long one revert takes, answered.
+    let t0 = Instant::now();
+    d.control("revert", &ids[0]);
+    let took = t0.elapsed().as_micros() as u64;
+    assert_eq!(jobs[0].check(&d, &ids[0], &errors[0]), "reverted");
+    let (mut points, mut untouched, mut reverted) = (0u32, 0u32, 0u32);
+    for ((job, id), errs) in jobs.iter().zip(&ids).zip(&errors).skip(1) {
+        for attempt in 1.. {
+            let mut w = Wire::hello(&d);
+            w.send(&Request::Revert {
+                id: id.clone(),
+                dry_run: false,
+            })
+            .expect("send revert");
+            thread::sleep(Duration::from_micros(rng.below(took * 6 / 5 + 1)));
+            d.sigkill();
+            points += 1;
+            d.restart();
+            assert_integrity(&d);
+            if job.check(&d, id, errs) == "reverted" {
+                reverted += 1;
+                break;
+            }
+            untouched += 1;
+            if attempt == 4 {
+                d.control("revert", id);
+                assert_eq!(job.check(&d, id, errs), "reverted");
+                break;
+            }
+        }
+        // Whatever happened, a second revert is refused and names stay free.
+        d.jobctl(&["revert", id]).refused("already_reverted");
+    }
+    assert!(d.store().team_names(current_uid()).is_empty(), "teams left");
+    eprintln!(
+        "[sigkill_racing_a_revert] {points} revert kill points (one revert takes ~{} ms): {reverted} found reverted, {untouched} untouched",
+        took / 1000
+    );
+    assert!(points >= 5);
+}
+
+/// A prune of many finished jobs raced by a SIGKILL: after the restart every
+/// job is either still there with its row errors, or gone with them (its
+/// effects stay either way), and a second prune finishes the work. A few rounds,
+/// until one kill landed in the middle of the prune (between or inside batches).
+fn sigkill_racing_a_prune_forgets_each_job_whole(b: Backend) {
+    let seed = Seed::from_env("JOBD_CRASH_SEED", "sigkill_racing_a_prune");
+    let mut rng = seed.rng(0x9A);
+    let mut d = Daemon::start_on_with(b, &["--max-running", "4"]);
+    let bytes = b"date,v\n2024-07-01,1\nbad,2\n2024-07-02,3\n";
+    let finished = |d: &Daemon, n: usize| -> Vec<String> {
+        let ids: Vec<String> = (0..n).map(|_| d.upload(bytes, None)).collect();
+        let mut wait = vec!["wait"];
+        wait.extend(ids.iter().map(String::as_str));
+        d.jobctl(&wait).ok();
+        ids
+    };
+    let prune_request = Request::Prune {
+        older_than_ms: 0,
+        states: Vec::new(),
+    };
+    // Calibrate: how long a prune of 400 jobs takes, from request to answer.
+    finished(&d, 400);
+    let mut w = Wire::hello(&d);
+    let t0 = Instant::now();
+    w.send(&prune_request).expect("send prune");
+    assert_eq!(w.recv(), Received::Frame(Response::Pruned { count: 400 }));
+    let took = t0.elapsed().as_micros() as u64;
+    let mut outcomes = Vec::new();
+    for _round in 0..3 {
+        let ids = finished(&d, 400);
+        let seqs: Vec<i64> = ids
+            .iter()
+            .map(|id| d.store().job_seq(id).expect("in the store"))
+            .collect();
+        let mut w = Wire::hello(&d);
+        w.send(&prune_request).expect("send prune");
+        thread::sleep(Duration::from_micros(rng.below(took + 1)));
+        d.sigkill();
+        d.restart();
+        assert_integrity(&d);
+        let listed: std::collections::HashSet<String> = d
+            .status_all()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap_or_default().to_string())
+            .collect();
+        let db = d.store();
+        let mut gone = 0;
+        for (id, seq) in ids.iter().zip(&seqs) {
+            assert_eq!(db.effects_of_seq(*seq), (2, 0), "{id}: effects");
+            if listed.contains(id) {
+                assert_eq!(
+                    db.row_errors_of_seq(*seq),
+                    1,
+                    "{id} listed without its row error"
+                );
+            } else {
+                gone += 1;
+                assert_eq!(
+                    db.row_errors_of_seq(*seq),
+                    0,
+                    "{id} pruned, its row error kept"
+                );
+                assert!(db.job_seq(id).is_none(), "{id} not listed but in the store");
+                assert!(db.id_taken(id), "{id} pruned, its id given up");
+            }
+        }
+        drop(db);
+        outcomes.push(gone);
+        let rest = d.jobctl(&["-q", "prune"]).ok().stdout_str();
+        assert_eq!(rest.trim(), (ids.len() - gone).to_string());
+        assert_eq!(d.store().job_rows(), 0);
+        if gone > 0 && gone < ids.len() {
+            break;
+        }
+    }
+    eprintln!(
+        "[sigkill_racing_a_prune] jobs of 400 pruned when the kill landed, by round: {outcomes:?} (a prune of 400 takes ~{} ms)",
+        took / 1000
+    );
+}
+
+both_stores!(
+    sigkill_racing_a_revert_leaves_it_whole_or_untouched,
+    sigkill_racing_a_prune_forgets_each_job_whole,
+);

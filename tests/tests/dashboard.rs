@@ -196,6 +196,83 @@ fn json_submits_and_controls() {
     assert_eq!(rows, [2]);
 }
 
+/// Revert from the dashboard: a button on finished imports only, a confirmation
+/// without JavaScript, the form sent back to the job's page, the state filter,
+/// and no revert from another site.
+#[test]
+fn the_dashboard_reverts_after_asking() {
+    let d = Daemon::start();
+    let shim = Shim::start(&d, &[]);
+    let id = d.bulk_team(b"team,m1\nred,ann\nblue,bob\n", None);
+    d.wait_completed(&id);
+    let export = d.export("2024-01-01", "2024-01-01", None);
+    d.wait_completed(&export);
+    let running = d.upload(&slow_baseline(8).bytes(), Some(SLOW_RATE));
+    d.wait_processed(&running, 1);
+    let page = |id: &str, q: &str| {
+        let r = shim.get(&format!("/ui/jobs/{id}{q}"));
+        assert_eq!(r.status, 200, "{r}");
+        r.text()
+    };
+    let enabled = r#"data-control="revert" class="danger">Revert</button>"#;
+    let disabled = r#"data-control="revert" class="danger" disabled>Revert</button>"#;
+    assert!(page(&id, "").contains(enabled), "{}", page(&id, ""));
+    assert!(page(&running, "").contains(disabled));
+    assert!(
+        !page(&export, "").contains(">Revert</button>"),
+        "an export has no Revert"
+    );
+    let asked = page(&id, "?confirm=revert");
+    assert!(
+        asked.contains(&format!(r#"action="/jobs/{id}/revert""#)),
+        "{asked}"
+    );
+    assert!(asked.contains(">Yes, revert</button>"), "{asked}");
+
+    let evil = shim.request(
+        "POST",
+        &format!("/jobs/{id}/revert"),
+        &[("Origin", EVIL)],
+        b"",
+    );
+    evil.expect_error(403, "cross_origin");
+    assert_eq!(d.status_json(&id)["state"], "completed");
+
+    let form = shim.request(
+        "POST",
+        &format!("/jobs/{id}/revert"),
+        &[("Accept", "text/html")],
+        b"",
+    );
+    assert_eq!(form.status, 303, "{form}");
+    assert_eq!(
+        form.header("location"),
+        Some(format!("/ui/jobs/{id}").as_str())
+    );
+    assert_eq!(d.status_json(&id)["state"], "reverted");
+    assert!(page(&id, "").contains(disabled));
+    let list = shim.get("/ui/?state=reverted").text();
+    assert!(
+        list.contains(r#"<option value="reverted" selected>"#),
+        "{list}"
+    );
+    assert!(list.contains(&id) && !list.contains(&running), "{list}");
+    // A second revert from a form comes back with the reason.
+    let again = shim.request(
+        "POST",
+        &format!("/jobs/{id}/revert"),
+        &[("Accept", "text/html")],
+        b"",
+    );
+    assert_eq!(again.status, 303, "{again}");
+    assert!(
+        again
+            .header("location")
+            .is_some_and(|l| l.contains("already_reverted")),
+        "{again}"
+    );
+}
+
 /// A state-changing request from a page of another site is refused and changes
 /// nothing; scripts without an Origin are served.
 #[test]

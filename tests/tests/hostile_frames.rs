@@ -47,7 +47,7 @@ fn random_request(rng: &mut Rng) -> Request {
         2 => Some(-1.0),
         _ => Some(1e6),
     };
-    match rng.below(12) {
+    match rng.below(14) {
         0 => Request::Hello {
             protocol_version: rng.below(3) as u32,
             client: s(rng),
@@ -84,6 +84,11 @@ fn random_request(rng: &mut Rng) -> Request {
             ids: (0..1 + rng.below(2)).map(|_| s(rng)).collect(),
         },
         10 => Request::Output { id: s(rng) },
+        11 => Request::Revert {
+            id: s(rng),
+            dry_run: rng.chance(50),
+        },
+        12 => Request::PreviewTerminate { id: s(rng) },
         _ => Request::Errors { id: s(rng) },
     }
 }
@@ -336,8 +341,8 @@ fn unknown_variants_and_malformed_fields_are_bad_requests() {
     let d = Daemon::start();
     let mut obs = Observer::new(&d);
     let mut bodies: Vec<(String, Vec<u8>)> = Vec::new();
-    // Variant indices past the last request (15, `Nodes`), in every varint width.
-    for idx in [16u8, 17, 50, 200, 250] {
+    // Variant indices past the last request (18, `Prune`), in every varint width.
+    for idx in [19u8, 20, 50, 200, 250] {
         bodies.push((format!("variant {idx}"), vec![idx]));
     }
     bodies.push(("variant 251 (u16)".into(), vec![0xfb, 0xfb, 0x00]));
@@ -358,6 +363,14 @@ fn unknown_variants_and_malformed_fields_are_bad_requests() {
     bodies.push(("UploadKind 200".into(), vec![2, 200, 0]));
     bodies.push(("Option tag 2".into(), vec![2, 0, 2]));
     bodies.push(("rate cut short".into(), vec![2, 0, 1, 0, 0, 0]));
+    bodies.push(("Revert with bool 2".into(), vec![16, 1, b'x', 2]));
+    bodies.push(("Revert without its bool".into(), vec![16, 1, b'x']));
+    bodies.push(("Prune with JobState 7".into(), vec![18, 0, 1, 7]));
+    bodies.push(("Prune with JobState 200".into(), vec![18, 0, 1, 200]));
+    bodies.push((
+        "Prune with 2^32 states".into(),
+        vec![18, 0, 0xfd, 0, 0, 0, 0, 1, 0, 0, 0],
+    ));
     // Strings and byte strings.
     bodies.push((
         "invalid UTF-8 id".into(),

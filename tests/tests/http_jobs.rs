@@ -259,7 +259,63 @@ fn a_client_leaving_an_event_stream_ends_the_watch(b: Backend) {
         .expect_json(200, &format!("{{\"status\":\"Job {slow} terminated.\"}}"));
 }
 
+/// `POST /jobs/{id}/revert`: the dry run (what would go, nothing changed), the
+/// revert (the job as `GET /jobs/{id}` then shows it), and the refusals.
+fn revert_route_with_and_without_dry_run(b: Backend) {
+    let d = Daemon::start_on(b);
+    let shim = Shim::start(&d, &[]);
+    let f = gen_teams(23, "web", 12, 3);
+    let id = d.bulk_team(&f.bytes, None);
+    d.wait_completed(&id);
+
+    let r = shim.post(&format!("/jobs/{id}/revert?dry_run=true"), None, b"");
+    assert_eq!(
+        (r.status, r.header("content-type")),
+        (200, Some(JSON)),
+        "{r}"
+    );
+    let v = r.json();
+    assert_eq!(
+        v,
+        d.jobctl(&["--json", "revert", "--dry-run", &id])
+            .ok()
+            .json()
+    );
+    assert_eq!(
+        (v["teams"].as_u64(), v["dry_run"].as_bool()),
+        (Some(12), Some(true))
+    );
+    assert_eq!(d.store().team_count(&id), 12, "a dry run changed something");
+    shim.post(&format!("/jobs/{id}/revert?dry_run=maybe"), None, b"")
+        .expect_error(400, "bad_request");
+
+    let r = shim.post(&format!("/jobs/{id}/revert?dry_run=false"), None, b"");
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(r.json()["state"], "reverted");
+    assert_eq!(r.json(), get_json(&shim, &format!("/jobs/{id}")));
+    assert_eq!(d.store().team_count(&id), 0);
+    shim.post(&format!("/jobs/{id}/revert"), None, b"")
+        .expect_error(409, "already_reverted");
+    shim.post(&format!("/jobs/{id}/revert?dry_run=1"), None, b"")
+        .expect_error(409, "already_reverted");
+
+    let e = d.export("2024-01-01", "2024-01-02", None);
+    d.wait_completed(&e);
+    shim.post(&format!("/jobs/{e}/revert"), None, b"")
+        .expect_error(409, "not_revertible");
+    let slow = d.upload(&slow_baseline(24).bytes(), Some(SLOW_RATE));
+    d.wait_processed(&slow, MID_RUN);
+    shim.post(&format!("/jobs/{slow}/revert"), None, b"")
+        .expect_error(409, "job_not_finished");
+    shim.post("/jobs/nobody-bulkTeam-1-1/revert", None, b"")
+        .expect_error(404, "id_doesn't_exist");
+    // Another method is the usual 404.
+    shim.get(&format!("/jobs/{id}/revert"))
+        .expect(404, "text/plain", "404 page not found");
+}
+
 both_stores!(
+    revert_route_with_and_without_dry_run,
     jobs_and_job_status_match_jobctl,
     output_streams_the_export_and_errors_list_the_rows,
     events_follow_a_job_from_submit_to_end,

@@ -389,15 +389,49 @@ fn finished_and_terminated_jobs_do_not_exist_for_update_task(b: Backend) {
     let gone = slow_export(&shim, 2);
     update(&shim, &format!("id={gone}&action=terminate"))
         .expect_json(200, &format!("{{\"status\":\"Job {gone} terminated.\"}}"));
-    for id in [&done, &gone] {
-        for action in ["stop", "start", "terminate"] {
-            update(&shim, &format!("id={id}&action={action}"))
-                .expect_error(404, "id_doesn't_exist");
+    // Failed, reverted, and pruned (forgotten by the daemon too).
+    let failed = d.upload(b"v,w\n1,2\n", None);
+    d.wait_for_state(&failed, "failed", DEADLINE);
+    let reverted = d.upload(b"date,v\n2020-01-01,1\n", None);
+    d.wait_completed(&reverted);
+    d.control("revert", &reverted);
+    let pruned = d.upload(b"date,v\n2020-01-02,1\n", None);
+    d.wait_completed(&pruned);
+    d.jobctl(&["prune", "--state", "completed"]).ok();
+    let done_again = d.export("2020-01-01", "2020-01-02", None);
+    d.wait_completed(&done_again);
+    // Every action, valid or not, even none: existence comes before the action,
+    // and to this route a finished job does not exist.
+    let actions = [
+        "&action=stop",
+        "&action=start",
+        "&action=terminate",
+        "&action=bogus",
+        "&action=STOP",
+        "&action=",
+        "&action=%20",
+        "",
+    ];
+    for id in [&done_again, &gone, &failed, &reverted, &pruned] {
+        for action in actions {
+            update(&shim, &format!("id={id}{action}")).expect_error(404, "id_doesn't_exist");
+            update(&shim, &format!("id=%20{id}%20{action}")).expect_error(404, "id_doesn't_exist");
         }
     }
+    // A live job still gets invalid_action for a bad action.
+    let live = slow_export(&shim, 2);
+    update(&shim, &format!("id={live}&action=bogus")).expect_error(400, "invalid_action");
+    update(&shim, &format!("id={live}")).expect_error(400, "invalid_action");
     // The new routes tell the truth: 409 job_finished is for controls, which the
     // legacy route hides; the job itself is still visible.
     assert_eq!(status(&shim, &gone)["state"], "terminated");
+    assert_eq!(status(&shim, &reverted)["state"], "reverted");
+    shim.post(&format!("/jobs/{gone}/stop"), None, b"")
+        .expect_error(409, "job_finished");
+    d.jobctl(&["update-task", "--id", &reverted, "--action", "stop"])
+        .refused("job_finished");
+    shim.get(&format!("/jobs/{pruned}"))
+        .expect_error(404, "id_doesn't_exist");
 }
 
 #[test]

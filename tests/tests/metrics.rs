@@ -45,8 +45,8 @@ fn counters_follow_the_work() {
         0.0
     );
     assert_eq!(value(&s, "jobd_commit_seconds_count"), 0.0);
-    // All 18 kind/state pairs are there, zeros included.
-    assert_eq!(s.keys().filter(|k| k.starts_with("jobd_jobs{")).count(), 18);
+    // All 21 kind/state pairs are there (three kinds, seven states), zeros included.
+    assert_eq!(s.keys().filter(|k| k.starts_with("jobd_jobs{")).count(), 21);
 
     // 5 good rows and 2 bad ones; 2 teams, one of them a duplicate.
     let up = d.upload(

@@ -132,6 +132,9 @@ fn another_user_can_neither_see_nor_control_a_job_and_root_can(b: Backend) {
             vec!["output", id],
             vec!["wait", id],
             vec!["watch", id],
+            vec!["revert", id],
+            vec!["revert", "--dry-run", id],
+            vec!["terminate", "--dry-run", id],
         ] {
             let out = nobody.jobctl(&args);
             assert_eq!(out.code, Some(1), "nobody ran `{}`: {out}", args.join(" "));
@@ -179,6 +182,18 @@ fn another_user_can_neither_see_nor_control_a_job_and_root_can(b: Backend) {
     // ... and nobody sees what root did to it.
     let s = nobody.jobctl(&["--json", "status", &slow]).ok().json();
     assert_eq!(s["state"], "terminated", "{s}");
+
+    // A prune by nobody forgets nobody's finished jobs only; root's stay.
+    assert_eq!(nobody.jobctl(&["-q", "prune"]).ok().stdout_str(), "2\n");
+    nobody
+        .jobctl(&["status", &mine])
+        .refused("id_doesn't_exist");
+    for id in &root_jobs {
+        d.status_json(id);
+    }
+    // root's prune takes every user's finished jobs: root's two finished ones.
+    assert_eq!(d.jobctl(&["-q", "prune"]).ok().stdout_str(), "2\n");
+    assert_eq!(d.status_json(&paused)["state"], "paused");
 }
 
 fn an_export_holds_only_the_callers_records(b: Backend) {

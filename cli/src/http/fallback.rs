@@ -26,6 +26,7 @@ pub const ROUTES: &[(Method, &str)] = &[
     (Method::POST, "/jobs/{id}/stop"),
     (Method::POST, "/jobs/{id}/start"),
     (Method::POST, "/jobs/{id}/terminate"),
+    (Method::POST, "/jobs/{id}/revert"),
     (Method::GET, "/events"),
     (Method::GET, "/metrics"),
     (Method::GET, "/ui"),

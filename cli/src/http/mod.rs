@@ -227,6 +227,7 @@ pub fn router(app: Shared, stats: &'static log::Stats) -> Router {
         .route("/jobs/{id}/stop", post_only(control::stop))
         .route("/jobs/{id}/start", post_only(control::start))
         .route("/jobs/{id}/terminate", post_only(control::terminate))
+        .route("/jobs/{id}/revert", post_only(control::revert))
         .route("/events", get_only(events::events))
         .route("/metrics", get_only(metrics::metrics))
         .route("/ui", get_only(ui::to_list))

@@ -14,7 +14,7 @@
 //! shim reconnects by itself.
 
 use jobd_protocol::{
-    Client, ClientError, ErrorCode, JobInfo, Metrics, Request, Response, RowError,
+    Client, ClientError, ErrorCode, JobInfo, Metrics, Request, Response, RowError, UndoSummary,
 };
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -116,6 +116,19 @@ impl Pool {
     pub async fn control(&self, id: &str, action: &str) -> Result<JobInfo, ClientError> {
         match self.run(Op::Control { id, action }).await? {
             Done::Job(info) => Ok(info),
+            other => Err(other.unexpected()),
+        }
+    }
+
+    /// Reverts the job `id`, or with `dry_run` says what that would undo.
+    pub async fn revert(
+        &self,
+        id: &str,
+        dry_run: bool,
+    ) -> Result<Result<JobInfo, UndoSummary>, ClientError> {
+        match self.run(Op::Revert { id, dry_run }).await? {
+            Done::Job(info) => Ok(Ok(info)),
+            Done::Undo(summary) => Ok(Err(*summary)),
             other => Err(other.unexpected()),
         }
     }
@@ -227,6 +240,10 @@ enum Op<'a> {
         id: &'a str,
         action: &'a str,
     },
+    Revert {
+        id: &'a str,
+        dry_run: bool,
+    },
     Export {
         from: &'a str,
         to: &'a str,
@@ -250,6 +267,7 @@ enum Done {
     Jobs(Vec<JobInfo>),
     Errors(Vec<RowError>),
     Metrics(Box<Metrics>),
+    Undo(Box<UndoSummary>),
     Pong,
 }
 
@@ -263,6 +281,10 @@ impl Op<'_> {
     async fn run(self, client: &mut Client) -> Result<Done, ClientError> {
         Ok(match self {
             Op::Control { id, action } => Done::Job(client.control(id, action).await?),
+            Op::Revert { id, dry_run: false } => Done::Job(client.revert(id).await?),
+            Op::Revert { id, dry_run: true } => {
+                Done::Undo(Box::new(client.revert_dry_run(id).await?))
+            }
             Op::Export { from, to, rate } => Done::Job(client.submit_export(from, to, rate).await?),
             Op::Status(ids) => Done::Jobs(client.status(ids).await?),
             Op::Errors(id) => Done::Errors(client.errors(id).await?),

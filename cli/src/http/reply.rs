@@ -72,6 +72,9 @@ pub fn error_body(code: &str) -> Bytes {
         "invalid_date_range",
         "worker_unresponsive",
         "job_finished",
+        "job_not_finished",
+        "already_reverted",
+        "not_revertible",
         "permission_denied",
         "invalid_rate",
         "no_output",
@@ -143,7 +146,9 @@ pub fn daemon_error(routes: Routes, code: ErrorCode) -> (StatusCode, &'static st
         // such a job does not exist (the original answered so for finished jobs).
         PermissionDenied | JobFinished if legacy => (StatusCode::NOT_FOUND, IdDoesntExist.as_str()),
         PermissionDenied => (StatusCode::FORBIDDEN, code.as_str()),
-        JobFinished | NoOutput => (StatusCode::CONFLICT, code.as_str()),
+        JobFinished | NoOutput | JobNotFinished | AlreadyReverted | NotRevertible => {
+            (StatusCode::CONFLICT, code.as_str())
+        }
         UploadIncomplete => (StatusCode::PAYLOAD_TOO_LARGE, code.as_str()),
         WorkerUnresponsive if legacy => (StatusCode::INTERNAL_SERVER_ERROR, code.as_str()),
         WorkerUnresponsive => (StatusCode::GATEWAY_TIMEOUT, code.as_str()),

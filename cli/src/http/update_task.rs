@@ -2,9 +2,11 @@
 //!
 //! Checks in the original's order: the id (trimmed, non-empty: `invalid_id`), then
 //! (by the daemon, in that order) the job's existence for this caller
-//! (`id_doesn't_exist`), then the action (`invalid_action`). A finished job answers
-//! 404 `id_doesn't_exist` here, as the original did. Ids the daemon said can
-//! never exist are answered without asking it again (see [`super::cache`]).
+//! (`id_doesn't_exist`), then the action (`invalid_action`). A finished job (any
+//! final state) answers 404 `id_doesn't_exist` here for every action, valid or
+//! not, as the original did once it had forgotten the job: old clients learn that
+//! a job ended only so. Ids the daemon said can never exist are answered without
+//! asking it again (see [`super::cache`]).
 //!
 //! [`answer`] is shared by the router's handler and by [`super::fast_path`],
 //! which serves this route on plain keep-alive connections without the framework.
@@ -47,6 +49,12 @@ pub async fn answer(app: &App, q: Option<&str>) -> (StatusCode, Bytes) {
             StatusCode::OK,
             reply::one_field("status", &control_line(&info, action)),
         ),
+        // The daemon checks the action before looking at the state; here a
+        // finished job comes first, whatever the action.
+        Err(e) if e.code() == Some(ErrorCode::InvalidAction) && finished(app, id).await => (
+            StatusCode::NOT_FOUND,
+            reply::error_body(ErrorCode::IdDoesntExist.as_str()),
+        ),
         Err(e) => {
             if let (Some(cache), Some(g)) = (cache, generation) {
                 if e.code() == Some(ErrorCode::IdDoesntExist) {
@@ -55,5 +63,17 @@ pub async fn answer(app: &App, q: Option<&str>) -> (StatusCode, Bytes) {
             }
             reply::client_error_parts(Routes::Legacy, &e)
         }
+    }
+}
+
+/// Whether the job has ended, as far as the daemon says now (a job gone
+/// meanwhile counts too: to this route it does not exist either).
+async fn finished(app: &App, id: &str) -> bool {
+    match app.pool.status(&[id.to_string()]).await {
+        Ok(jobs) => jobs.iter().any(|j| j.state.is_finished()),
+        Err(e) => matches!(
+            e.code(),
+            Some(ErrorCode::IdDoesntExist | ErrorCode::PermissionDenied)
+        ),
     }
 }

@@ -14,7 +14,9 @@ mod nodes;
 mod output;
 mod ping;
 mod progress;
+mod prune;
 pub mod render;
+mod revert;
 mod status;
 mod upload;
 mod wait;
@@ -25,6 +27,7 @@ use jobd_protocol::{Client, ClientError, JobState, UploadKind};
 use std::fmt;
 use std::io::{self, Write};
 use std::path::PathBuf;
+use std::time::Duration;
 
 pub const EXIT_OK: u8 = 0;
 /// The daemon said no, a job did not complete, or a local I/O error.
@@ -45,7 +48,8 @@ const CLIENT_NAME: &str = concat!("jobctl/", env!("CARGO_PKG_VERSION"));
     version,
     about = "Control jobd, the background job daemon",
     after_help = "Exit codes: 0 ok, 1 the daemon refused or the job did not complete, \
-                  2 usage error, 3 no daemon reachable (or not trusted)."
+                  2 usage error, 3 no daemon reachable (or not trusted).",
+    after_long_help = EXAMPLES
 )]
 pub struct Cli {
     /// Socket of the daemon [default: $XDG_RUNTIME_DIR/jobd/jobd.sock, /run/jobd/jobd.sock for root]
@@ -60,6 +64,21 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
+
+/// The end of `jobctl --help`.
+const EXAMPLES: &str = "\
+Examples:
+  jobctl upload data.csv --wait            upload a baseline CSV and wait for the end
+  jobctl stop ID; jobctl start ID          pause a job, resume it at the next row
+  jobctl terminate --dry-run ID            what a terminate would roll back now
+  jobctl revert --dry-run ID               what undoing a finished import would remove
+  jobctl revert ID                         undo it: its records or teams are gone (state reverted)
+  jobctl prune --older-than 30d            forget your jobs that ended over 30 days ago
+  jobctl prune --state failed,reverted     forget every failed or reverted job of yours
+  jobd --retention 30d                     (the daemon) prune every user's jobs 30 days after they end
+
+Exit codes: 0 ok, 1 the daemon refused or the job did not complete, 2 usage error,
+3 no daemon reachable (or not trusted).";
 
 /// Options of the commands that create a job.
 #[derive(Debug, Clone, Args)]
@@ -104,7 +123,52 @@ pub enum Command {
     /// Resume a paused job
     Start { id: String },
     /// Stop a job and roll back everything it wrote
-    Terminate { id: String },
+    Terminate {
+        id: String,
+        /// Change nothing; print what would be rolled back now (records by date range, teams, export bytes)
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Undo every effect of a finished (completed or failed) upload or bulk-team job
+    #[command(after_help = "\
+One transaction removes the job's baseline records or teams (their names become free
+again); the job's state becomes `reverted`, and it keeps its counts and row errors.
+Exports already written are not rewritten. A job still queued, running or paused is
+refused (job_not_finished: terminate it instead), as are exports and terminated jobs
+(not_revertible) and a second revert (already_reverted).
+
+Examples:
+  jobctl revert --dry-run alice-baselineCSV-1795734327-2243
+  jobctl revert alice-baselineCSV-1795734327-2243
+  jobctl --json revert --dry-run ID        {\"records\": 1200, \"first_date\": ..., \"teams\": 0, ...}")]
+    Revert {
+        id: String,
+        /// Change nothing; print what would be undone (records by date range, teams by name)
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Forget finished jobs (yours; everyone's for root): status, row errors, files
+    #[command(after_help = "\
+Forgets completed, failed, terminated and reverted jobs that ended at least DURATION
+ago: their status, row errors and any spool or export file go; their effects
+(baseline records, teams) stay, and their ids are never handed out again (a pruned
+id answers id_doesn't_exist). Jobs not finished are never touched. The daemon works
+in small batches, so controls of running jobs are not held up.
+`jobd --retention DURATION` (config key `retention`) does this by itself.
+
+Examples:
+  jobctl prune                             every finished job of yours
+  jobctl prune --older-than 30d            those that ended over 30 days ago
+  jobctl prune --older-than 12h --state failed,terminated
+  jobctl -q prune --older-than 1w          print only the number pruned")]
+    Prune {
+        /// Only jobs that ended at least this long ago: 30d, 12h, 90m, 1w, 0s
+        #[arg(long, value_name = "DURATION", value_parser = prune::parse_duration, default_value = "0s")]
+        older_than: Duration,
+        /// Only jobs in these final states (comma-separated) [default: all four]
+        #[arg(long, value_name = "STATE,...", value_delimiter = ',', value_parser = prune::parse_state)]
+        state: Vec<JobState>,
+    },
     /// Apply an action to a job, as the original service's updateTask
     UpdateTask {
         #[arg(long)]
@@ -267,7 +331,10 @@ pub async fn run(cli: Cli) -> Result<Outcome, Error> {
         Command::Export { from, to, opts } => export::run(&ctx, &from, &to, &opts).await,
         Command::Stop { id } => control::run(&ctx, &id, "stop").await,
         Command::Start { id } => control::run(&ctx, &id, "start").await,
-        Command::Terminate { id } => control::run(&ctx, &id, "terminate").await,
+        Command::Terminate { id, dry_run: false } => control::run(&ctx, &id, "terminate").await,
+        Command::Terminate { id, dry_run: true } => control::terminate_dry_run(&ctx, &id).await,
+        Command::Revert { id, dry_run } => revert::run(&ctx, &id, dry_run).await,
+        Command::Prune { older_than, state } => prune::run(&ctx, older_than, &state).await,
         Command::UpdateTask { id, action } => control::run(&ctx, &id, &action).await,
         Command::Status { ids } => status::run(&ctx, &ids).await,
         Command::Wait { ids } => wait::run(&ctx, &ids).await,
@@ -322,6 +389,41 @@ mod tests {
     }
 
     #[test]
+    fn undo_and_prune_flags() {
+        let cli = Cli::try_parse_from(["jobctl", "revert", "--dry-run", "x"]).expect("parses");
+        assert!(matches!(cli.command, Command::Revert { dry_run: true, .. }));
+        let cli = Cli::try_parse_from(["jobctl", "terminate", "x", "--dry-run"]).expect("parses");
+        assert!(matches!(
+            cli.command,
+            Command::Terminate { dry_run: true, .. }
+        ));
+        let cli = Cli::try_parse_from(["jobctl", "prune"]).expect("parses");
+        match cli.command {
+            Command::Prune { older_than, state } => {
+                assert_eq!(older_than, Duration::ZERO);
+                assert!(state.is_empty());
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let cli = Cli::try_parse_from([
+            "jobctl",
+            "prune",
+            "--older-than",
+            "1d12h",
+            "--state",
+            "failed,reverted",
+        ])
+        .expect("parses");
+        match cli.command {
+            Command::Prune { older_than, state } => {
+                assert_eq!(older_than, Duration::from_secs(36 * 3600));
+                assert_eq!(state, [JobState::Failed, JobState::Reverted]);
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
     fn usage_errors_exit_2() {
         for args in [
             vec!["jobctl"],
@@ -329,6 +431,11 @@ mod tests {
             vec!["jobctl", "export", "--from", "2020-01-01"],
             vec!["jobctl", "upload", "f", "--rate", "fast"],
             vec!["jobctl", "frobnicate"],
+            vec!["jobctl", "revert"],
+            vec!["jobctl", "prune", "--older-than", "30"],
+            vec!["jobctl", "prune", "--older-than", "soon"],
+            vec!["jobctl", "prune", "--state", "running"],
+            vec!["jobctl", "prune", "--state", "completed,bogus"],
         ] {
             let err = Cli::try_parse_from(&args).expect_err("usage error");
             assert_eq!(err.exit_code(), i32::from(EXIT_USAGE), "{args:?}");

@@ -1,6 +1,6 @@
 //! How jobs look: JSON objects, table rows, progress lines and RFC 3339 times.
 
-use jobd_protocol::{JobInfo, NodeInfo, RowError};
+use jobd_protocol::{JobInfo, NodeInfo, RowError, UndoSummary};
 use serde_json::{json, Value};
 
 /// Formats unix milliseconds as RFC 3339 UTC with milliseconds: `2026-11-26T22:44:50.123Z`.
@@ -90,14 +90,76 @@ pub fn progress_line(job: &JobInfo) -> String {
     )
 }
 
-/// `Job <id> stopped.` for the three known actions.
+/// `Job <id> stopped.` for the three known actions (and revert).
 pub fn control_line(job: &JobInfo, action: &str) -> String {
     match action {
         "stop" => format!("Job {} stopped.", job.id),
         "start" => format!("Job {} started.", job.id),
         "terminate" => format!("Job {} terminated.", job.id),
+        "revert" => format!("Job {} reverted.", job.id),
         _ => format!("Job {}: {}.", job.id, job.state),
     }
+}
+
+/// What an undo (`revert` or `terminate`) would remove, as JSON; `action` names
+/// it. The same object for `jobctl --json ... --dry-run` and `POST
+/// /jobs/{id}/revert?dry_run=true`.
+pub fn undo_json(u: &UndoSummary, action: &str) -> Value {
+    json!({
+        "id": u.job.id,
+        "kind": u.job.kind.as_str(),
+        "state": u.job.state.as_str(),
+        "action": action,
+        "dry_run": true,
+        "records": u.records,
+        "first_date": u.first_date,
+        "last_date": u.last_date,
+        "teams": u.teams,
+        "team_names": u.team_names,
+        "output_bytes": u.output_bytes,
+    })
+}
+
+/// The same for people: what would go, then that nothing changed.
+pub fn undo_text(u: &UndoSummary, action: &str) -> String {
+    let mut out = format!(
+        "Dry run: {action} of job {} ({}, {}) would remove:\n",
+        u.job.id, u.job.kind, u.job.state
+    );
+    let plural = |n: u64, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    match (&u.first_date, &u.last_date) {
+        (Some(first), Some(last)) if first != last => out.push_str(&format!(
+            "  {} dated {first} to {last}\n",
+            plural(u.records, "baseline record", "baseline records")
+        )),
+        (Some(first), _) => out.push_str(&format!(
+            "  {} dated {first}\n",
+            plural(u.records, "baseline record", "baseline records")
+        )),
+        _ => out.push_str(&format!(
+            "  {}\n",
+            plural(u.records, "baseline record", "baseline records")
+        )),
+    }
+    let mut teams = format!("  {}", plural(u.teams, "team", "teams"));
+    if !u.team_names.is_empty() {
+        let names: Vec<&str> = u.team_names.iter().map(|n| n.as_str()).collect();
+        let more = u.teams.saturating_sub(names.len() as u64);
+        teams.push_str(&format!(": {}", one_line(&names.join(", "))));
+        if more > 0 {
+            teams.push_str(&format!(" and {more} more"));
+        }
+    }
+    out.push_str(&teams);
+    out.push('\n');
+    if u.output_bytes > 0 {
+        out.push_str(&format!(
+            "  {} of export output\n",
+            plural(u.output_bytes, "byte", "bytes")
+        ));
+    }
+    out.push_str("Nothing was changed.");
+    out
 }
 
 /// The status table: ID, KIND, STATE, NODE, PROCESSED, FAILED, TOTAL, ERROR (`-`
@@ -306,6 +368,32 @@ mod tests {
             control_line(&j, "stop"),
             "Job alice-baselineCSV-1575836394-8469 stopped."
         );
+    }
+
+    #[test]
+    fn undo() {
+        let mut u = UndoSummary {
+            job: job(),
+            records: 1200,
+            first_date: Some("2024-01-01".into()),
+            last_date: Some("2024-03-31".into()),
+            teams: 0,
+            team_names: vec![],
+            output_bytes: 0,
+        };
+        let t = undo_text(&u, "revert");
+        assert!(t.starts_with("Dry run: revert of job alice-baselineCSV-1575836394-8469"));
+        assert!(t.contains("  1200 baseline records dated 2024-01-01 to 2024-03-31\n"));
+        assert!(t.contains("  0 teams\n"));
+        assert!(t.ends_with("Nothing was changed."));
+        u.teams = 12;
+        u.team_names = vec!["red".into(), "blue".into()];
+        assert!(undo_text(&u, "revert").contains("  12 teams: red, blue and 10 more\n"));
+        let v = undo_json(&u, "terminate");
+        assert_eq!(v["action"], "terminate");
+        assert_eq!(v["records"], 1200);
+        assert_eq!(v["team_names"][1], "blue");
+        assert_eq!(v["first_date"], "2024-01-01");
     }
 
     #[test]

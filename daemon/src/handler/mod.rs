@@ -9,6 +9,9 @@ mod metrics;
 mod nodes;
 mod output;
 mod ping;
+mod preview_terminate;
+mod prune;
+mod revert;
 mod status;
 mod submit_export;
 mod submit_upload;
@@ -56,6 +59,12 @@ pub async fn handle(
         Request::ErrorsPage { id, after, limit } => {
             errors_page::handle(conn, ctx, caller, &id, after, limit).await
         }
+        Request::Revert { id, dry_run } => revert::handle(conn, ctx, caller, &id, dry_run).await,
+        Request::PreviewTerminate { id } => preview_terminate::handle(conn, ctx, caller, &id).await,
+        Request::Prune {
+            older_than_ms,
+            states,
+        } => prune::handle(conn, ctx, caller, older_than_ms, &states).await,
         Request::Hello { .. } | Request::Chunk { .. } | Request::End { .. } => {
             refuse(
                 conn,

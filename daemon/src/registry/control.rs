@@ -24,21 +24,36 @@ impl Registry {
         id: &str,
         action: Action,
     ) -> Result<JobInfo, Refusal> {
-        self.find(id).await;
-        let gate = {
-            let mut st = self.lock();
-            lookup(&st, caller, id)?;
-            Arc::clone(st.controlling.entry(id.to_string()).or_default())
-        };
+        let gate = self.gate(caller, id).await?;
         let result = {
             let _serial = gate.lock().await;
             self.control_serialized(id, action).await
         };
+        self.ungate(id, gate);
+        result
+    }
+
+    /// The lock that serializes changes of the job `id` (controls, reverts),
+    /// once `caller` may make them.
+    pub(super) async fn gate(
+        self: &Arc<Self>,
+        caller: &Caller,
+        id: &str,
+    ) -> Result<Arc<tokio::sync::Mutex<()>>, Refusal> {
+        self.find(id).await;
+        let mut st = self.lock();
+        lookup(&st, caller, id)?;
+        Ok(Arc::clone(
+            st.controlling.entry(id.to_string()).or_default(),
+        ))
+    }
+
+    /// Drops the gate of `id` when nobody else waits on it.
+    pub(super) fn ungate(&self, id: &str, gate: Arc<tokio::sync::Mutex<()>>) {
         let mut st = self.lock();
         if Arc::strong_count(&gate) == 2 {
             st.controlling.remove(id);
         }
-        result
     }
 
     async fn control_serialized(
@@ -364,7 +379,7 @@ fn unavailable(id: &str) -> Refusal {
     )
 }
 
-fn finished(id: &str, state: JobState) -> Refusal {
+pub(super) fn finished(id: &str, state: JobState) -> Refusal {
     Refusal::new(
         ErrorCode::JobFinished,
         format!("job {id} has already ended ({state})"),

@@ -159,7 +159,7 @@ async fn follow(reg: Weak<Registry>, mut events: mpsc::Receiver<Event>) {
         };
         match event {
             Event::Job(row) => reg.apply(*row),
-            Event::Gone(seq) => reg.forget(seq),
+            Event::Gone(seqs) => reg.forget(&seqs),
             Event::Resync => {
                 if let Err(e) = reg.resync().await {
                     tracing::warn!(error = %e.message, "cannot reload the jobs");
@@ -306,10 +306,22 @@ impl Registry {
         }
     }
 
-    /// The job with this seq is gone from the store.
-    fn forget(&self, seq: i64) {
+    /// The jobs with these seqs are gone from the store (pruned, by any node).
+    /// One pass over the map for the whole batch: a prune of many jobs sends a
+    /// few hundred at a time.
+    fn forget(&self, seqs: &[i64]) {
         let mut st = self.lock();
-        st.jobs.retain(|_, e| e.seq != seq || e.worker.is_some());
+        // Those this node pruned itself are out of the map already.
+        let gone: HashSet<i64> = seqs
+            .iter()
+            .copied()
+            .filter(|s| !st.pruned_here.remove(s))
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        st.jobs
+            .retain(|_, e| !gone.contains(&e.seq) || e.worker.is_some());
     }
 
     /// Reads every job again (changes may have been missed).
@@ -323,6 +335,8 @@ impl Registry {
         let mut st = self.lock();
         st.jobs
             .retain(|id, e| ids.contains(id) || e.worker.is_some());
+        // Events missed are not coming: what they would have told is read now.
+        st.pruned_here.clear();
         drop(st);
         self.claim_wake.notify_one();
         Ok(())
@@ -341,10 +355,26 @@ impl Registry {
             return Err(super::not_found(id));
         };
         let store = Arc::clone(&self.store);
-        let row = blocking(move || store.load_job(seq).map_err(Refusal::storage)).await?;
-        let here = row.state == StoredState::Public(JobState::Running)
-            && row.node.as_deref() == Some(self.node.as_str());
-        self.apply(row);
-        Ok(here)
+        match blocking(move || Ok(store.load_job(seq))).await? {
+            Ok(row) => {
+                let here = row.state == StoredState::Public(JobState::Running)
+                    && row.node.as_deref() == Some(self.node.as_str());
+                self.apply(row);
+                Ok(here)
+            }
+            // Pruned meanwhile: it is no more.
+            Err(e) if e.is_gone() => {
+                let mut st = self.lock();
+                if st
+                    .jobs
+                    .get(id)
+                    .is_some_and(|e| e.seq == seq && e.worker.is_none())
+                {
+                    st.jobs.remove(id);
+                }
+                Err(super::not_found(id))
+            }
+            Err(e) => Err(Refusal::storage(e)),
+        }
     }
 }

@@ -60,6 +60,9 @@ pub enum StoreError {
     /// this one has not committed must never be.
     #[error("job {0} was claimed by another worker")]
     Fenced(i64),
+    /// The job is not in the store (any more): it was pruned.
+    #[error("job {0} vanished")]
+    Gone(i64),
 }
 
 impl StoreError {
@@ -76,6 +79,10 @@ impl StoreError {
 
     pub fn is_fenced(&self) -> bool {
         matches!(self, StoreError::Fenced(_))
+    }
+
+    pub fn is_gone(&self) -> bool {
+        matches!(self, StoreError::Gone(_))
     }
 }
 
@@ -253,6 +260,41 @@ pub struct DayRecord {
     pub data: String,
 }
 
+/// What undoing a job would remove, as committed now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Effects {
+    /// Baseline records, and the first and last of their dates.
+    pub records: u64,
+    pub first_day: Option<Day>,
+    pub last_day: Option<Day>,
+    pub teams: u64,
+    /// The first team names in row order, as many as were asked for.
+    pub team_names: Vec<String>,
+    /// Export output committed so far.
+    pub output_bytes: u64,
+}
+
+/// Which finished jobs one batch of a prune forgets.
+#[derive(Debug, Clone, Copy)]
+pub struct PruneQuery<'a> {
+    /// Final states only: a job in another state is never touched.
+    pub states: &'a [JobState],
+    /// Jobs that ended (last changed) at or before this time, unix milliseconds.
+    pub ended_before: u64,
+    /// Only this user's jobs (by name, as ownership goes), or everyone's.
+    pub owner: Option<&'a str>,
+    /// Only jobs after this seq: where the previous batch stopped.
+    pub after: i64,
+    pub limit: usize,
+}
+
+/// A job a prune forgot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forgotten {
+    pub seq: i64,
+    pub id: String,
+}
+
 /// Reads bytes kept by the store (an upload, an export's output).
 pub trait Reader: Send {
     /// Like `std::io::Read::read`: 0 at the end.
@@ -335,6 +377,22 @@ pub trait Store: Source {
     /// transaction; its input and output go too. False when the job was not as
     /// expected (nothing happened).
     fn terminate(&self, seq: i64, expect: Expect<'_>) -> Result<bool, StoreError>;
+    /// What undoing the job would remove now: its records (count and dates), its
+    /// teams (count, and the first `names` names in row order), its output.
+    fn effects(&self, seq: i64, names: usize) -> Result<Effects, StoreError>;
+    /// Undoes every effect of a finished upload or bulk-team job and ends it as
+    /// `reverted`, in one transaction that also checks it is still in one of
+    /// `from` (so it never races a claim or another revert). Its counts and row
+    /// errors stay, as the record of what it did; it was last changed `at`
+    /// (unix milliseconds, the caller's clock, so that every view shows the
+    /// same time). False when it was not in `from` (nothing happened); `Gone`
+    /// when it is not in the store.
+    fn revert(&self, seq: i64, from: &[JobState], at: u64) -> Result<bool, StoreError>;
+    /// Forgets, in one short transaction, up to `q.limit` jobs that `q` selects,
+    /// lowest seq first: their rows, row errors, and any input or output left.
+    /// Their effects stay, and their ids are never handed out again. Returns the
+    /// jobs forgotten, in seq order.
+    fn prune(&self, q: &PruneQuery<'_>) -> Result<Vec<Forgotten>, StoreError>;
     /// Moves a job no worker holds from `from` to `to` (queued ⇄ paused); false
     /// when it was not in `from` any more (claimed meanwhile, or changed).
     fn transition(&self, seq: i64, from: JobState, to: JobState) -> Result<bool, StoreError>;
@@ -368,8 +426,9 @@ pub struct NodeSettings {
 pub enum Event {
     /// The job as committed now (new, changed, or taken by some node).
     Job(Box<JobRow>),
-    /// The job with this seq is gone.
-    Gone(i64),
+    /// The jobs with these seqs are gone (pruned): one event for many, so that
+    /// a prune of thousands costs each node a few passes over its jobs.
+    Gone(Vec<i64>),
     /// Changes may have been missed (the store was out of reach): reload all.
     Resync,
 }

@@ -47,6 +47,8 @@ pub struct Sizes {
     pub node_claims: usize,
     /// Small jobs per run of nodes-many (with 3 nodes, and with 1).
     pub node_jobs: usize,
+    /// Finished jobs in the store of the prune scenario.
+    pub prune_jobs: usize,
 }
 
 impl Sizes {
@@ -72,6 +74,7 @@ impl Sizes {
             node_stops: 200,
             node_claims: 200,
             node_jobs: 2000,
+            prune_jobs: 100_000,
         }
     }
 
@@ -97,6 +100,7 @@ impl Sizes {
             node_stops: 40,
             node_claims: 40,
             node_jobs: 300,
+            prune_jobs: 5_000,
         }
     }
 }
@@ -380,6 +384,80 @@ impl Env {
 pub struct Cluster {
     pub nodes: Vec<Jobd>,
     _db: Database,
+}
+
+impl Env {
+    /// Starts a daemon on a copy of the stopped daemon `template`'s store: its
+    /// state directory copied, or on PostgreSQL a database made from its
+    /// database (`CREATE DATABASE ... TEMPLATE`). Builds a big store once, then
+    /// runs on fresh copies of it.
+    pub fn daemon_from(&self, name: &str, template: &Jobd, extra: &[&str]) -> Result<Jobd> {
+        if template.child.is_some() {
+            bail!("the template daemon still runs");
+        }
+        let dir = self.fresh_dir(name)?;
+        let db = match &template.db {
+            Some(from) => {
+                let db = self.fresh_database_named(name)?;
+                let mut c =
+                    postgres::Client::connect(&format!("{}/postgres", self.pg), postgres::NoTls)
+                        .map_err(|e| anyhow!("PostgreSQL at {}: {e}", self.pg))?;
+                c.batch_execute(&format!(
+                    "CREATE DATABASE {} TEMPLATE {}",
+                    db.name, from.name
+                ))?;
+                Some(db)
+            }
+            None => {
+                copy_dir(&template.state_dir, &dir.join("state"))?;
+                None
+            }
+        };
+        let mut d = Jobd {
+            db,
+            socket: dir.join("run").join("jobd.sock"),
+            state_dir: dir.join("state"),
+            dir,
+            jobd: self.bins.jobd.clone(),
+            jobctl: self.bins.jobctl.clone(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            starts: 0,
+        };
+        d.spawn()?;
+        Ok(d)
+    }
+
+    /// A database name of the benchmark's own, not created yet (dropped with
+    /// the guard once it is).
+    fn fresh_database_named(&self, name: &str) -> Result<Database> {
+        let n = self.next_dir.fetch_add(1, Ordering::Relaxed);
+        let db = format!(
+            "jobd_bench_{}_{n}_{}",
+            std::process::id(),
+            name.replace('-', "_")
+        );
+        with_cleanup(|c| c.dbs.insert((self.pg.clone(), db.clone())));
+        Ok(Database {
+            server: self.pg.clone(),
+            name: db,
+        })
+    }
+}
+
+/// Copies a directory tree (files and directories only).
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    fs::create_dir_all(to)?;
+    for e in fs::read_dir(from)? {
+        let e = e?;
+        let target = to.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &target)?;
+        } else {
+            fs::copy(e.path(), &target).with_context(|| format!("copy {}", e.path().display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Runs a future to its end on a fresh current-thread runtime (the client side of every

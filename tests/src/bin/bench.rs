@@ -39,6 +39,7 @@ options:
   --paused N        jobs of the paused scenario (default 10000)
   --jobs N          jobs of the many-jobs and restart scenarios (default 100000)
   --unfinished N    unfinished jobs of the restart scenario (default 1000)
+  --prune-jobs N    finished jobs of the prune scenarios (default 100000)
   --idle-secs S     idle window of the paused scenario (default 10)
   --no-build        do not run cargo build (use the binaries next to this one)
   --bin-dir DIR     use jobd, jobctl and jobd-http from DIR (implies --no-build)
@@ -105,6 +106,7 @@ fn parse(args: &[String]) -> Result<Opts> {
                 sizes.restart_jobs = sizes.many_jobs;
             }
             "--unfinished" => sizes.restart_unfinished = num(a, it.next())?,
+            "--prune-jobs" => sizes.prune_jobs = num(a, it.next())?,
             "--idle-secs" => sizes.idle_secs = num(a, it.next())?,
             "--no-build" => o.build = false,
             "--bin-dir" => {

@@ -128,6 +128,7 @@ struct JobPage {
     after: u64,
     errors_next: Option<u64>,
     confirm_terminate: bool,
+    confirm_revert: bool,
 }
 
 #[derive(Template)]
@@ -138,14 +139,7 @@ struct LoginPage {
     failed: bool,
 }
 
-const STATES: [JobState; 6] = [
-    JobState::Queued,
-    JobState::Running,
-    JobState::Paused,
-    JobState::Completed,
-    JobState::Failed,
-    JobState::Terminated,
-];
+const STATES: [JobState; 7] = JobState::all();
 
 /// The list's query string: filters and page, each validated.
 struct ListQuery {
@@ -296,7 +290,9 @@ pub async fn job(State(app): State<Shared>, Path(id): Path<String>, uri: Uri) ->
         .and_then(|a| a.trim().parse::<u64>().ok())
         .unwrap_or(0);
     let notice = query::first(raw, "error").map(|c| notice(&c));
-    let confirm_terminate = query::first(raw, "confirm").as_deref() == Some("terminate");
+    let confirm = query::first(raw, "confirm");
+    let confirm_terminate = confirm.as_deref() == Some("terminate");
+    let confirm_revert = confirm.as_deref() == Some("revert");
     let ids = [id.clone()];
     let info = match app.pool.status(&ids).await {
         Ok(jobs) => match jobs.into_iter().next() {
@@ -322,6 +318,7 @@ pub async fn job(State(app): State<Shared>, Path(id): Path<String>, uri: Uri) ->
         after,
         errors_next,
         confirm_terminate,
+        confirm_revert,
     };
     html(StatusCode::OK, page.render())
 }
@@ -526,6 +523,11 @@ pub fn error_code(e: &ClientError) -> &'static str {
 fn notice(code: &str) -> String {
     let known = match code {
         "job_finished" => "The job has already ended.",
+        "already_reverted" => "The job was already reverted.",
+        "job_not_finished" => {
+            "Only a finished job can be reverted; terminate rolls back one that runs."
+        }
+        "not_revertible" => "This job has nothing to revert.",
         "worker_unresponsive" => "The job did not stop within 5 seconds.",
         "daemon_unavailable" => "The daemon is unavailable; nothing was done.",
         "storage_unavailable" => "The store is unavailable; nothing was done.",

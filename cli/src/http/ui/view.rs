@@ -30,6 +30,8 @@ pub struct JobView {
     pub can_stop: bool,
     pub can_start: bool,
     pub can_terminate: bool,
+    /// A finished upload or bulk-team job whose effects can still be undone.
+    pub can_revert: bool,
     pub has_output: bool,
 }
 
@@ -87,6 +89,8 @@ impl JobView {
             can_stop: matches!(j.state, JobState::Running | JobState::Queued),
             can_start: j.state == JobState::Paused,
             can_terminate: !j.state.is_finished(),
+            can_revert: j.kind != JobKind::CreateExport
+                && matches!(j.state, JobState::Completed | JobState::Failed),
             has_output: j.kind == JobKind::CreateExport && j.state == JobState::Completed,
         }
     }

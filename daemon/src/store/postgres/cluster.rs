@@ -178,13 +178,15 @@ async fn listen_once(
                 pending.remove(seq);
             }
             let (gone, changed): (Vec<i64>, Vec<i64>) = batch.iter().partition(|&&s| s < 0);
-            let rows = jobs::load_many(&store.client().await?, &changed).await?;
+            let rows = match changed.is_empty() {
+                true => Vec::new(),
+                false => jobs::load_many(&store.client().await?, &changed).await?,
+            };
             let found: BTreeSet<i64> = rows.iter().map(|r| r.seq).collect();
             let missing = changed.iter().filter(|s| !found.contains(s)).copied();
-            for seq in gone.iter().map(|s| -s).chain(missing) {
-                if events.send(Event::Gone(seq)).await.is_err() {
-                    return Ok(());
-                }
+            let gone: Vec<i64> = gone.iter().map(|s| -s).chain(missing).collect();
+            if !gone.is_empty() && events.send(Event::Gone(gone)).await.is_err() {
+                return Ok(());
             }
             for row in rows {
                 if events.send(Event::Job(Box::new(row))).await.is_err() {

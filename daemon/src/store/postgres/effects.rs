@@ -3,11 +3,12 @@
 
 use super::{blobs, jobs};
 use crate::store::{
-    tally, Batch, Claim, CommitError, End, Expect, Progress, Seal, StoreError, StoredState,
+    tally, Batch, Claim, CommitError, Effects, End, Expect, Forgotten, Progress, PruneQuery, Seal,
+    StoreError, StoredState,
 };
 use deadpool_postgres::{GenericClient, Object, Transaction};
 use futures_util::pin_mut;
-use jobd_protocol::JobState;
+use jobd_protocol::{JobKind, JobState};
 use std::collections::HashSet;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -109,8 +110,8 @@ async fn apply(
         let columns = serde_json::to_string(columns)
             .map_err(|e| StoreError::Corrupt(format!("cannot encode columns: {e}")))?;
         tx.execute(
-            "INSERT INTO jobd.baseline_columns (job_seq, columns) VALUES ($1, $2)",
-            &[&seq, &columns],
+            "INSERT INTO jobd.baseline_columns (job_seq, columns, owner) VALUES ($1, $2, $3)",
+            &[&seq, &columns, &job.owner],
         )
         .await
         .map_err(StoreError::from)?;
@@ -305,16 +306,167 @@ pub async fn terminate(
 /// The rollback of a job marked `terminating`, in one transaction.
 pub async fn undo_and_end(client: &mut Object, seq: i64) -> Result<(), StoreError> {
     let tx = client.transaction().await?;
+    undo_effects(&tx, seq).await?;
+    tx.execute("DELETE FROM jobd.row_errors WHERE job_seq = $1", &[&seq])
+        .await?;
+    jobs::set_state(&tx, seq, StoredState::Public(JobState::Terminated), None).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Deletes every effect of the job: its records (blocks, days, columns) and teams.
+async fn undo_effects(tx: &impl GenericClient, seq: i64) -> Result<(), StoreError> {
     for sql in [
         "DELETE FROM jobd.baseline_blocks WHERE job_seq = $1",
         "DELETE FROM jobd.baseline_days WHERE job_seq = $1",
         "DELETE FROM jobd.baseline_columns WHERE job_seq = $1",
         "DELETE FROM jobd.teams WHERE job_seq = $1",
-        "DELETE FROM jobd.row_errors WHERE job_seq = $1",
     ] {
         tx.execute(sql, &[&seq]).await?;
     }
-    jobs::set_state(&tx, seq, StoredState::Public(JobState::Terminated), None).await?;
-    tx.commit().await?;
     Ok(())
+}
+
+/// Undoes a finished job's effects and marks it `reverted` in one transaction,
+/// whose first statement checks (and changes) the state under the row's lock: a
+/// crash leaves the job reverted or untouched, and a revert never races a claim
+/// or another revert. Counts and row errors stay.
+pub async fn revert(
+    client: &mut Object,
+    seq: i64,
+    from: &[JobState],
+    at: u64,
+) -> Result<bool, StoreError> {
+    let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
+    let tx = client.transaction().await?;
+    let n = tx
+        .execute(
+            "UPDATE jobd.jobs SET state = 'reverted', updated_at = $3
+              WHERE seq = $1 AND state = ANY($2)",
+            &[&seq, &from, &(at.min(i64::MAX as u64) as i64)],
+        )
+        .await?;
+    if n == 0 {
+        let exists = tx
+            .query_opt("SELECT 1 FROM jobd.jobs WHERE seq = $1", &[&seq])
+            .await?
+            .is_some();
+        return if exists {
+            Ok(false)
+        } else {
+            Err(StoreError::Gone(seq))
+        };
+    }
+    undo_effects(&tx, seq).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// What undoing the job would remove, read in one snapshot.
+pub async fn effects(client: &mut Object, seq: i64, names: usize) -> Result<Effects, StoreError> {
+    let tx = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let row = tx
+        .query_opt(
+            "SELECT (SELECT COALESCE(SUM(count), 0)::bigint FROM jobd.baseline_blocks
+                      WHERE job_seq = $1),
+                    (SELECT MIN(day) FROM jobd.baseline_days WHERE job_seq = $1),
+                    (SELECT MAX(day) FROM jobd.baseline_days WHERE job_seq = $1),
+                    (SELECT COUNT(*) FROM jobd.teams WHERE job_seq = $1),
+                    output_len
+               FROM jobd.jobs WHERE seq = $1",
+            &[&seq],
+        )
+        .await?
+        .ok_or(StoreError::Gone(seq))?;
+    let team_names = tx
+        .query(
+            "SELECT name FROM jobd.teams WHERE job_seq = $1 ORDER BY row LIMIT $2",
+            &[&seq, &(names as i64)],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    tx.commit().await?;
+    let first: Option<i32> = row.try_get(1)?;
+    let last: Option<i32> = row.try_get(2)?;
+    Ok(Effects {
+        records: row.try_get::<_, i64>(0)? as u64,
+        first_day: first.map(i64::from),
+        last_day: last.map(i64::from),
+        teams: row.try_get::<_, i64>(3)? as u64,
+        team_names,
+        output_bytes: row.try_get::<_, i64>(4)? as u64,
+    })
+}
+
+/// Forgets one batch of finished jobs in one transaction: their rows (which
+/// tells every node), row errors, and any upload or output left. Jobs another
+/// transaction holds (a revert in flight, another node's prune) are skipped.
+pub async fn prune(client: &mut Object, q: &PruneQuery<'_>) -> Result<Vec<Forgotten>, StoreError> {
+    let states: Vec<&str> = q.states.iter().map(|s| s.as_str()).collect();
+    let tx = client.transaction().await?;
+    // The literal list lets the partial index `jobs_finished` serve the scan.
+    let rows = tx
+        .query(
+            "WITH gone AS (
+                DELETE FROM jobd.jobs WHERE seq IN (
+                    SELECT seq FROM jobd.jobs
+                     WHERE seq > $1
+                       AND state IN ('completed', 'failed', 'terminated', 'reverted')
+                       AND state = ANY($2) AND updated_at <= $3
+                       AND ($4::text IS NULL OR owner = $4)
+                     ORDER BY seq LIMIT $5 FOR UPDATE SKIP LOCKED)
+                AND state IN ('completed', 'failed', 'terminated', 'reverted')
+                RETURNING seq, id, kind, input)
+             SELECT seq, id, kind, input FROM gone ORDER BY seq",
+            &[
+                &q.after,
+                &states,
+                &(q.ended_before.min(i64::MAX as u64) as i64),
+                &q.owner,
+                &(q.limit as i64),
+            ],
+        )
+        .await?;
+    let mut seqs = Vec::with_capacity(rows.len());
+    let mut uploads = Vec::new();
+    let mut gone = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let seq: i64 = r.try_get(0)?;
+        let kind: &str = r.try_get(2)?;
+        if kind != JobKind::CreateExport.as_str() {
+            if let Ok(upload) = r.try_get::<_, &str>(3)?.parse::<i64>() {
+                uploads.push(upload);
+            }
+        }
+        seqs.push(seq);
+        gone.push(Forgotten {
+            seq,
+            id: r.try_get(1)?,
+        });
+    }
+    if !seqs.is_empty() {
+        for sql in [
+            "DELETE FROM jobd.row_errors WHERE job_seq = ANY($1)",
+            "DELETE FROM jobd.output_chunks WHERE job_seq = ANY($1)",
+        ] {
+            tx.execute(sql, &[&seqs]).await?;
+        }
+    }
+    if !uploads.is_empty() {
+        for sql in [
+            "DELETE FROM jobd.upload_chunks WHERE upload_id = ANY($1)",
+            "DELETE FROM jobd.uploads WHERE id = ANY($1)",
+        ] {
+            tx.execute(sql, &[&uploads]).await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(gone)
 }

@@ -1,6 +1,7 @@
 //! What exports read in PostgreSQL: the completed baseline jobs of a user (by user
 //! name), a date's records in export order (job, then ordinal = row order), and
-//! each job's columns.
+//! each job's columns. Owner and completion come from `baseline_columns`, which
+//! outlives a pruned job's row: its records are still the user's data.
 
 use crate::store::{Day, DayQuery, DayRecord, ExportPlan, Owner, RecordKey, StoreError};
 use deadpool_postgres::GenericClient;
@@ -26,9 +27,8 @@ pub async fn plan(
         .query(
             "SELECT c.columns FROM
                 (SELECT d.job_seq, MIN(d.day) AS first FROM jobd.baseline_days d
-                   JOIN jobd.jobs j ON j.seq = d.job_seq
-                  WHERE d.day BETWEEN $2 AND $3 AND j.owner = $1
-                    AND j.state = 'completed' AND j.finished_seq <= $4
+                   JOIN jobd.baseline_columns c ON c.job_seq = d.job_seq
+                  WHERE d.day BETWEEN $2 AND $3 AND c.owner = $1 AND c.finished_seq <= $4
                   GROUP BY d.job_seq) AS x
              JOIN jobd.baseline_columns c ON c.job_seq = x.job_seq
              ORDER BY x.first, x.job_seq",
@@ -59,10 +59,9 @@ pub async fn day_records(
     let stmt = c
         .prepare_cached(
             "SELECT b.job_seq, b.first, b.records FROM jobd.baseline_days d
-               JOIN jobd.jobs j ON j.seq = d.job_seq
+               JOIN jobd.baseline_columns c ON c.job_seq = d.job_seq
                JOIN jobd.baseline_blocks b ON b.job_seq = d.job_seq AND b.day = d.day
-              WHERE d.day = $1 AND j.owner = $2
-                AND j.state = 'completed' AND j.finished_seq <= $3
+              WHERE d.day = $1 AND c.owner = $2 AND c.finished_seq <= $3
                 AND (b.job_seq, b.first + b.count - 1) > ($4, $5)
               ORDER BY b.job_seq, b.first LIMIT $6",
         )

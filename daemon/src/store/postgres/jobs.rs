@@ -42,14 +42,16 @@ pub fn job_of(r: &Row) -> Result<JobRow, StoreError> {
     })
 }
 
-/// Inserts a queued job reading `input`.
+/// Inserts a queued job reading `input`. The id is taken in `job_ids` in the same
+/// statement: an id used once, even by a job pruned since, is refused.
 pub async fn insert(
     c: &impl GenericClient,
     job: &NewJob<'_>,
     input: &str,
 ) -> Result<JobRow, StoreError> {
     let sql = format!(
-        "INSERT INTO jobd.jobs (id, kind, owner_uid, owner, state, total, created_at, updated_at, rate, input)
+        "WITH taken AS (INSERT INTO jobd.job_ids (id) VALUES ($1))
+         INSERT INTO jobd.jobs (id, kind, owner_uid, owner, state, total, created_at, updated_at, rate, input)
          VALUES ($1, $2, $3, $4, 'queued', $5, $6, $6, $7, $8) RETURNING {JOB_COLUMNS}"
     );
     let stmt = c.prepare_cached(&sql).await?;
@@ -96,7 +98,7 @@ pub async fn load(c: &impl GenericClient, seq: i64) -> Result<JobRow, StoreError
         .await?;
     match c.query_opt(&stmt, &[&seq]).await? {
         Some(row) => job_of(&row),
-        None => Err(StoreError::Corrupt(format!("job {seq} vanished"))),
+        None => Err(StoreError::Gone(seq)),
     }
 }
 
@@ -262,7 +264,7 @@ pub async fn lock_claimed(
     let row = c
         .query_opt(&stmt, &[&seq])
         .await?
-        .ok_or_else(|| StoreError::Corrupt(format!("job {seq} vanished")))?;
+        .ok_or(StoreError::Gone(seq))?;
     if row.try_get::<_, i64>(3)? != epoch {
         return Err(StoreError::Fenced(seq));
     }
@@ -298,6 +300,13 @@ pub async fn set_state(
         StoredState::Public(JobState::Completed) => Some(next_finished(c).await?),
         _ => None,
     };
+    if let Some(n) = finished {
+        // Where exports look for it, even once the job itself is pruned.
+        let stmt = c
+            .prepare_cached("UPDATE jobd.baseline_columns SET finished_seq = $2 WHERE job_seq = $1")
+            .await?;
+        c.execute(&stmt, &[&seq, &n]).await?;
+    }
     let stmt = c
         .prepare_cached(
             "UPDATE jobd.jobs SET state = $2, error = COALESCE($3, error), updated_at = $4,

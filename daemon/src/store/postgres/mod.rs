@@ -14,9 +14,9 @@ mod jobs;
 mod schema;
 
 use super::{
-    Batch, Claim, Cluster, CommitError, Day, DayQuery, DayRecord, Expect, ExportPlan, Input,
-    JobRow, NewJob, NodeSettings, Owner, Progress, Reader, Seal, Source, Store, StoreError,
-    StoredState, Upload,
+    Batch, Claim, Cluster, CommitError, Day, DayQuery, DayRecord, Effects, Expect, ExportPlan,
+    Forgotten, Input, JobRow, NewJob, NodeSettings, Owner, Progress, PruneQuery, Reader, Seal,
+    Source, Store, StoreError, StoredState, Upload,
 };
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use jobd_protocol::JobState;
@@ -379,6 +379,18 @@ impl Store for PgStore {
             let mut client = self.client().await?;
             effects::terminate(&mut client, seq, expect).await
         })
+    }
+
+    fn effects(&self, seq: i64, names: usize) -> Result<Effects, StoreError> {
+        self.run(async { effects::effects(&mut self.client().await?, seq, names).await })
+    }
+
+    fn revert(&self, seq: i64, from: &[JobState], at: u64) -> Result<bool, StoreError> {
+        self.run(async { effects::revert(&mut self.client().await?, seq, from, at).await })
+    }
+
+    fn prune(&self, q: &PruneQuery<'_>) -> Result<Vec<Forgotten>, StoreError> {
+        self.run(async { effects::prune(&mut self.client().await?, q).await })
     }
 
     fn transition(&self, seq: i64, from: JobState, to: JobState) -> Result<bool, StoreError> {

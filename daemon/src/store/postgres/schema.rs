@@ -13,7 +13,7 @@ use crate::store::StoreError;
 use tokio_postgres as pg;
 
 /// The layout this jobd writes, kept in `jobd.meta`.
-pub const LAYOUT: i64 = 2;
+pub const LAYOUT: i64 = 3;
 
 /// Serializes schema changes across nodes (any constant unlikely to collide).
 const MIGRATION_LOCK: i64 = 0x6a6f_6264_5343_4831;
@@ -160,6 +160,28 @@ CREATE TABLE jobd.nodes (
 );
 "#;
 
+/// Layout 3: jobs can be pruned. Every id ever given stays in `job_ids` (so that
+/// it is never handed out again), and exports read a baseline job's owner and
+/// completion from its columns' row, which outlives the job's own row.
+const RETENTION: &str = r#"
+CREATE TABLE jobd.job_ids (
+    id text PRIMARY KEY
+);
+INSERT INTO jobd.job_ids (id) SELECT id FROM jobd.jobs;
+
+ALTER TABLE jobd.baseline_columns
+    ADD COLUMN owner        text,
+    ADD COLUMN finished_seq bigint;
+UPDATE jobd.baseline_columns c
+   SET owner = j.owner,
+       finished_seq = CASE WHEN j.state = 'completed' THEN j.finished_seq END
+  FROM jobd.jobs j WHERE j.seq = c.job_seq;
+
+-- What a prune looks for: finished jobs in seq order.
+CREATE INDEX jobs_finished ON jobd.jobs (seq)
+    WHERE state IN ('completed', 'failed', 'terminated', 'reverted');
+"#;
+
 /// Connects once and brings the schema to [`LAYOUT`].
 pub async fn connect_and_migrate(config: &pg::Config) -> Result<(), StoreError> {
     let (mut client, connection) = config.connect(pg::NoTls).await.map_err(at_connect)?;
@@ -232,6 +254,11 @@ async fn migrate(client: &mut pg::Client) -> Result<(), StoreError> {
         }
         if layout < 2 {
             tx.batch_execute(NODES).await.map_err(in_migration)?;
+        }
+        if layout < 3 {
+            tx.batch_execute(RETENTION).await.map_err(in_migration)?;
+        }
+        if layout < LAYOUT {
             tracing::info!("migrated jobd's schema from layout {layout} to {LAYOUT}");
         }
         tx.execute(
@@ -263,6 +290,7 @@ async fn migrate(client: &mut pg::Client) -> Result<(), StoreError> {
     }
     tx.batch_execute(SCHEMA).await.map_err(in_migration)?;
     tx.batch_execute(NODES).await.map_err(in_migration)?;
+    tx.batch_execute(RETENTION).await.map_err(in_migration)?;
     tx.execute(
         "INSERT INTO jobd.meta VALUES ('layout', $1), ('created_by', $2)",
         &[

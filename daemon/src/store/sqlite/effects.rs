@@ -10,10 +10,11 @@
 use super::{files, jobs, SqliteStore};
 use crate::dates;
 use crate::store::{
-    tally, Batch, CommitError, End, Expect, Progress, Seal, StoreError, StoredState,
+    tally, Batch, CommitError, Effects, End, Expect, Forgotten, Progress, PruneQuery, Seal,
+    StoreError, StoredState,
 };
 use jobd_protocol::{JobKind, JobState};
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Records one job may hold: ordinals fill the low 32 bits of a record's id.
@@ -121,7 +122,8 @@ fn apply(
         let columns = serde_json::to_string(columns)
             .map_err(|e| StoreError::Corrupt(format!("cannot encode columns: {e}")))?;
         conn.execute(
-            "INSERT INTO baseline_columns (job_seq, columns) VALUES (?1, ?2)",
+            "INSERT INTO baseline_columns (job_seq, columns, owner_uid)
+             VALUES (?1, ?2, (SELECT owner_uid FROM jobs WHERE seq = ?1))",
             params![seq, columns],
         )
         .map_err(StoreError::from)?;
@@ -306,8 +308,107 @@ pub fn finish_terminate(store: &SqliteStore, seq: i64) -> Result<(), StoreError>
     Ok(())
 }
 
+/// Undoes a finished job's effects and marks it `reverted`, in one transaction
+/// that first checks (and changes) its state: a crash leaves it either reverted
+/// or untouched. Its counts and row errors stay.
+pub fn revert(
+    store: &SqliteStore,
+    seq: i64,
+    from: &[JobState],
+    at: u64,
+) -> Result<bool, StoreError> {
+    store.write(|conn| {
+        if !jobs::transition_from(conn, seq, from, JobState::Reverted, at)? {
+            return if jobs::exists(conn, seq)? {
+                Ok(false)
+            } else {
+                Err(StoreError::Gone(seq))
+            };
+        }
+        undo_effects(conn, seq)?;
+        Ok(true)
+    })
+}
+
+/// What undoing the job would remove, read in one transaction.
+pub fn effects(store: &SqliteStore, seq: i64, names: usize) -> Result<Effects, StoreError> {
+    let conn = store.conn()?;
+    conn.execute_batch("BEGIN")?;
+    let read = (|| {
+        let (records, output_len): (i64, i64) = conn
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM baseline_records WHERE id BETWEEN ?2 AND ?3),
+                        output_len
+                   FROM jobs WHERE seq = ?1",
+                params![seq, record_id(seq, 0), record_id(seq, MAX_RECORDS)],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?
+            .ok_or(StoreError::Gone(seq))?;
+        let (first, last): (Option<String>, Option<String>) = conn.query_row(
+            "SELECT MIN(date), MAX(date) FROM baseline_groups WHERE job_seq = ?1",
+            [seq],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let teams: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM teams WHERE job_seq = ?1",
+            [seq],
+            |r| r.get(0),
+        )?;
+        let team_names = conn
+            .prepare("SELECT name FROM teams WHERE job_seq = ?1 ORDER BY row LIMIT ?2")?
+            .query_map(params![seq, names as i64], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        let day = |d: Option<String>| d.as_deref().and_then(dates::parse);
+        Ok(Effects {
+            records: records as u64,
+            first_day: day(first),
+            last_day: day(last),
+            teams: teams as u64,
+            team_names,
+            output_bytes: output_len as u64,
+        })
+    })();
+    let _ = conn.execute_batch("COMMIT");
+    read
+}
+
+/// Forgets one batch of jobs in one transaction, then removes what files they
+/// left (after the commit: a crash in between leaves strays, which recovery
+/// removes).
+pub fn prune(store: &SqliteStore, q: &PruneQuery<'_>) -> Result<Vec<Forgotten>, StoreError> {
+    let gone = store.write(|conn| {
+        let jobs = jobs::prunable(conn, q)?;
+        for (seq, ..) in &jobs {
+            jobs::forget(conn, *seq)?;
+        }
+        Ok(jobs)
+    })?;
+    // A prune of many batches writes much to the WAL: copied back on the
+    // checkpoint thread, not inside a later commit that crosses
+    // `wal_autocheckpoint` (which would hold every writer, a stop's too).
+    if !gone.is_empty() {
+        store.committed_bulk();
+    }
+    Ok(gone
+        .into_iter()
+        .map(|(seq, id, kind, input)| {
+            files::remove_input(&store.inner.dirs, kind, &input);
+            files::remove_output(&store.inner.dirs, kind, &id);
+            Forgotten { seq, id }
+        })
+        .collect())
+}
+
 /// Deletes every effect of the job and its row errors.
 fn undo(conn: &Connection, seq: i64) -> Result<(), StoreError> {
+    undo_effects(conn, seq)?;
+    jobs::delete_row_errors(conn, seq)
+}
+
+/// Deletes every effect of the job: its records (with their groups, days and
+/// columns) and its teams.
+fn undo_effects(conn: &Connection, seq: i64) -> Result<(), StoreError> {
     conn.execute(
         "DELETE FROM baseline_records WHERE id BETWEEN ?1 AND ?2",
         params![record_id(seq, 0), record_id(seq, MAX_RECORDS)],
@@ -324,5 +425,5 @@ fn undo(conn: &Connection, seq: i64) -> Result<(), StoreError> {
         [seq],
     )?;
     conn.execute("DELETE FROM teams WHERE job_seq = ?1", [seq])?;
-    jobs::delete_row_errors(conn, seq)
+    Ok(())
 }

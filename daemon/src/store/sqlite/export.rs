@@ -1,5 +1,7 @@
 //! What exports read: the completed baseline jobs of a user, a date's records in
-//! export order (job, then id = job then row), and each job's columns.
+//! export order (job, then id = job then row), and each job's columns. Owner and
+//! completion come from `baseline_columns`, not `jobs`: a pruned job's records
+//! are still the user's data.
 
 use super::effects::{record_id, MAX_RECORDS};
 use crate::dates;
@@ -15,19 +17,17 @@ pub fn plan(
     from: Day,
     to: Day,
 ) -> Result<ExportPlan, StoreError> {
-    let snapshot: i64 =
-        conn.query_row("SELECT COALESCE(MAX(finished_seq), 0) FROM jobs", [], |r| {
-            r.get(0)
-        })?;
+    let snapshot: i64 = conn.query_row(
+        "SELECT COALESCE((SELECT value FROM counters WHERE name = 'finished'), 0)",
+        [],
+        |r| r.get(0),
+    )?;
     let mut stmt = conn.prepare(
-        "SELECT c.columns FROM
-            (SELECT d.job_seq, MIN(d.date) AS first FROM baseline_days d
-               JOIN jobs j ON j.seq = d.job_seq
-              WHERE d.date BETWEEN ?2 AND ?3 AND j.owner_uid = ?1
-                AND j.state = 'completed' AND j.finished_seq <= ?4
-              GROUP BY d.job_seq) AS x
-         JOIN baseline_columns c ON c.job_seq = x.job_seq
-         ORDER BY x.first, x.job_seq",
+        "SELECT c.columns, MIN(d.date) AS first FROM baseline_days d
+           JOIN baseline_columns c ON c.job_seq = d.job_seq
+          WHERE d.date BETWEEN ?2 AND ?3 AND c.owner_uid = ?1 AND c.finished_seq <= ?4
+          GROUP BY d.job_seq
+          ORDER BY first, d.job_seq",
     )?;
     let rows = stmt.query_map(
         params![owner.uid, dates::format(from), dates::format(to), snapshot],
@@ -57,9 +57,10 @@ pub fn day_records(
     });
     let jobs: Vec<i64> = conn
         .prepare_cached(
-            "SELECT d.job_seq FROM baseline_days d JOIN jobs j ON j.seq = d.job_seq
-             WHERE d.date = ?1 AND j.owner_uid = ?2
-               AND j.state = 'completed' AND j.finished_seq <= ?3 AND d.job_seq >= ?4
+            "SELECT d.job_seq FROM baseline_days d
+               JOIN baseline_columns c ON c.job_seq = d.job_seq
+             WHERE d.date = ?1 AND c.owner_uid = ?2 AND c.finished_seq <= ?3
+               AND d.job_seq >= ?4
              ORDER BY d.job_seq",
         )?
         .query_map(params![date, q.owner.uid, q.snapshot, after.job_seq], |r| {

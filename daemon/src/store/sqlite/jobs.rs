@@ -1,6 +1,6 @@
 //! Job records: creation, state changes, progress with cursor, row errors.
 
-use crate::store::{now_ms, JobRow, NewJob, Progress, StoreError, StoredState};
+use crate::store::{now_ms, JobRow, NewJob, Progress, PruneQuery, StoreError, StoredState};
 use jobd_protocol::{JobKind, JobState, RowError};
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -42,31 +42,39 @@ fn finish_row((mut job, kind, state): (JobRow, String, String)) -> Result<JobRow
     Ok(job)
 }
 
-/// Inserts a queued job reading `input` and returns its `seq`.
+/// Inserts a queued job reading `input` and returns its `seq`. The id is taken in
+/// `job_ids` first, which keeps it (and its seq) after the job is pruned: an id
+/// used once is refused for ever, and seqs only grow.
 pub fn insert(conn: &Connection, job: &NewJob<'_>, input: &str) -> Result<i64, StoreError> {
-    let inserted = conn.execute(
-        "INSERT INTO jobs (id, kind, owner_uid, owner, state, total, created_at, updated_at, rate, input)
-         VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?6, ?7, ?8)",
-        params![
-            job.id,
-            job.kind.as_str(),
-            job.owner_uid,
-            job.owner,
-            job.total.map(|t| t as i64),
-            job.created_at as i64,
-            job.rate,
-            input
-        ],
-    );
-    match inserted {
-        Ok(_) => Ok(conn.last_insert_rowid()),
+    let taken = conn
+        .prepare_cached("INSERT INTO job_ids (id) VALUES (?1)")
+        .and_then(|mut s| s.execute(params![job.id]));
+    match taken {
+        Ok(_) => {}
         Err(rusqlite::Error::SqliteFailure(e, _))
             if e.code == rusqlite::ErrorCode::ConstraintViolation =>
         {
-            Err(StoreError::DuplicateId(job.id.to_string()))
+            return Err(StoreError::DuplicateId(job.id.to_string()))
         }
-        Err(e) => Err(e.into()),
+        Err(e) => return Err(e.into()),
     }
+    let seq = conn.last_insert_rowid();
+    conn.prepare_cached(
+        "INSERT INTO jobs (seq, id, kind, owner_uid, owner, state, total, created_at, updated_at, rate, input)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        seq,
+        job.id,
+        job.kind.as_str(),
+        job.owner_uid,
+        job.owner,
+        job.total.map(|t| t as i64),
+        job.created_at as i64,
+        job.rate,
+        input
+    ])?;
+    Ok(seq)
 }
 
 /// Every job, in creation order.
@@ -84,26 +92,43 @@ pub fn load(conn: &Connection, seq: i64) -> Result<JobRow, StoreError> {
             job_from_row,
         )
         .optional()?
-        .ok_or_else(|| StoreError::Corrupt(format!("job {seq} vanished")))?;
+        .ok_or(StoreError::Gone(seq))?;
     finish_row(row)
 }
 
-/// Sets a job's state (and error). Completion also takes the next `finished_seq`,
-/// which orders completed jobs for export snapshots.
+/// Sets a job's state (and error). Completion also takes the next completion
+/// number, which orders completed jobs for export snapshots (kept with a
+/// baseline job's columns too, where exports read it).
 pub fn set_state(
     conn: &Connection,
     seq: i64,
     state: StoredState,
     error: Option<&str>,
 ) -> Result<(), StoreError> {
-    let completing = state == StoredState::Public(JobState::Completed);
-    conn.execute(
+    let finished = if state == StoredState::Public(JobState::Completed) {
+        let n: i64 = conn
+            .prepare_cached(
+                "UPDATE counters SET value = value + 1 WHERE name = 'finished' RETURNING value",
+            )?
+            .query_row([], |r| r.get(0))?;
+        conn.prepare_cached("UPDATE baseline_columns SET finished_seq = ?2 WHERE job_seq = ?1")?
+            .execute(params![seq, n])?;
+        Some(n)
+    } else {
+        None
+    };
+    conn.prepare_cached(
         "UPDATE jobs SET state = ?2, error = COALESCE(?3, error), updated_at = ?4,
-             finished_seq = CASE WHEN ?5 THEN (SELECT COALESCE(MAX(finished_seq), 0) + 1 FROM jobs)
-                                 ELSE finished_seq END
+             finished_seq = COALESCE(?5, finished_seq)
          WHERE seq = ?1",
-        params![seq, state.as_str(), error, now_ms() as i64, completing],
-    )?;
+    )?
+    .execute(params![
+        seq,
+        state.as_str(),
+        error,
+        now_ms() as i64,
+        finished
+    ])?;
     Ok(())
 }
 
@@ -178,4 +203,89 @@ pub fn row_errors(
 pub fn delete_row_errors(conn: &Connection, seq: i64) -> Result<(), StoreError> {
     conn.execute("DELETE FROM row_errors WHERE job_seq = ?1", [seq])?;
     Ok(())
+}
+
+/// Up to `q.limit` jobs that `q` selects, in seq order: `(seq, id, kind, input)`.
+pub fn prunable(
+    conn: &Connection,
+    q: &PruneQuery<'_>,
+) -> Result<Vec<(i64, String, JobKind, String)>, StoreError> {
+    let states = states_json(q.states)?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, id, kind, input FROM jobs
+          WHERE seq > ?1 AND state IN (SELECT value FROM json_each(?2))
+            AND updated_at <= ?3 AND (?4 IS NULL OR owner = ?4)
+          ORDER BY seq LIMIT ?5",
+    )?;
+    let rows = stmt.query_map(
+        params![
+            q.after,
+            states,
+            q.ended_before.min(i64::MAX as u64) as i64,
+            q.owner,
+            q.limit as i64
+        ],
+        |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        },
+    )?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (seq, id, kind, input) = row?;
+        let kind = kind
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("unknown job kind {kind:?}")))?;
+        out.push((seq, id, kind, input));
+    }
+    Ok(out)
+}
+
+/// Deletes a job's row and row errors (its id stays in `job_ids`).
+pub fn forget(conn: &Connection, seq: i64) -> Result<(), StoreError> {
+    delete_row_errors(conn, seq)?;
+    conn.prepare_cached("DELETE FROM jobs WHERE seq = ?1")?
+        .execute([seq])?;
+    Ok(())
+}
+
+/// Moves the job to `to` (changed `at`) if it is in one of `from`; false when
+/// it was not.
+pub fn transition_from(
+    conn: &Connection,
+    seq: i64,
+    from: &[JobState],
+    to: JobState,
+    at: u64,
+) -> Result<bool, StoreError> {
+    let n = conn.execute(
+        "UPDATE jobs SET state = ?3, updated_at = ?4
+          WHERE seq = ?1 AND state IN (SELECT value FROM json_each(?2))",
+        params![
+            seq,
+            states_json(from)?,
+            to.as_str(),
+            at.min(i64::MAX as u64) as i64
+        ],
+    )?;
+    Ok(n == 1)
+}
+
+/// Whether the store has the job.
+pub fn exists(conn: &Connection, seq: i64) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM jobs WHERE seq = ?1")?
+        .query_row([seq], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// States as a JSON array, for `IN (SELECT value FROM json_each(?))`.
+fn states_json(states: &[JobState]) -> Result<String, StoreError> {
+    let names: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
+    serde_json::to_string(&names).map_err(|e| StoreError::Corrupt(e.to_string()))
 }

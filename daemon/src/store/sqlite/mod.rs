@@ -13,8 +13,9 @@ mod jobs;
 mod schema;
 
 use super::{
-    Batch, Claim, CommitError, Day, DayQuery, DayRecord, Expect, ExportPlan, Input, JobRow, NewJob,
-    Owner, Progress, Reader, Seal, Source, Store, StoreError, StoredState, Upload,
+    Batch, Claim, CommitError, Day, DayQuery, DayRecord, Effects, Expect, ExportPlan, Forgotten,
+    Input, JobRow, NewJob, Owner, Progress, PruneQuery, Reader, Seal, Source, Store, StoreError,
+    StoredState, Upload,
 };
 use jobd_protocol::{JobState, RowError};
 use rusqlite::Connection;
@@ -306,6 +307,18 @@ impl Store for SqliteStore {
 
     fn terminate(&self, seq: i64, expect: Expect<'_>) -> Result<bool, StoreError> {
         effects::terminate(self, seq, expect)
+    }
+
+    fn effects(&self, seq: i64, names: usize) -> Result<Effects, StoreError> {
+        effects::effects(self, seq, names)
+    }
+
+    fn revert(&self, seq: i64, from: &[JobState], at: u64) -> Result<bool, StoreError> {
+        effects::revert(self, seq, from, at)
+    }
+
+    fn prune(&self, q: &PruneQuery<'_>) -> Result<Vec<Forgotten>, StoreError> {
+        effects::prune(self, q)
     }
 
     fn transition(&self, seq: i64, from: JobState, to: JobState) -> Result<bool, StoreError> {

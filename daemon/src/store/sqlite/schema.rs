@@ -54,9 +54,13 @@ CREATE TABLE IF NOT EXISTS baseline_days (
     PRIMARY KEY (date, job_seq)
 ) WITHOUT ROWID;
 
+-- A baseline job's columns, and what exports need of it even once the job itself
+-- is pruned: its owner, and its completion number (NULL until it completes).
 CREATE TABLE IF NOT EXISTS baseline_columns (
-    job_seq INTEGER PRIMARY KEY,
-    columns TEXT NOT NULL
+    job_seq      INTEGER PRIMARY KEY,
+    columns      TEXT NOT NULL,
+    owner_uid    INTEGER,
+    finished_seq INTEGER
 );
 
 CREATE TABLE IF NOT EXISTS teams (
@@ -83,14 +87,29 @@ CREATE TABLE IF NOT EXISTS row_errors (
     PRIMARY KEY (job_seq, row)
 ) WITHOUT ROWID;
 
--- Completion takes MAX(finished_seq) + 1: without this, a scan of every job.
 CREATE INDEX IF NOT EXISTS jobs_by_finish ON jobs(finished_seq);
+
+-- Every id ever given to a job, kept when the job is pruned: an id is never handed
+-- out again, and a job's seq (taken from here) is never reused, so effects that
+-- outlive a pruned job never mix with a later job's.
+CREATE TABLE IF NOT EXISTS job_ids (
+    seq INTEGER PRIMARY KEY,
+    id  TEXT    NOT NULL UNIQUE
+);
+
+-- Counters that only grow: 'finished' numbers completions (export snapshots).
+CREATE TABLE IF NOT EXISTS counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 "#;
 
 /// The layout [`SCHEMA`] describes, kept in `PRAGMA user_version`. 0 is a new
 /// database or one from before layouts were numbered; 1 was never used; 3 keeps
-/// an export's committed output length in `jobs` (2 kept it in the cursor).
-pub const LAYOUT: i64 = 3;
+/// an export's committed output length in `jobs` (2 kept it in the cursor); 4
+/// lets jobs be pruned (ids kept in `job_ids`, completions counted in
+/// `counters`, exports reading owners from `baseline_columns`).
+pub const LAYOUT: i64 = 4;
 
 /// Brings the database to [`LAYOUT`]: creates what is missing, and converts a
 /// store of the first layout (baseline records clustered by owner and date).
@@ -117,6 +136,15 @@ pub fn apply(conn: &Connection) -> Result<(), StoreError> {
         }
         if !has_column(conn, "jobs", "output_len")? {
             conn.execute_batch(FROM_LAYOUT_2)?;
+        }
+        if !has_column(conn, "baseline_columns", "finished_seq")? {
+            conn.execute_batch(
+                "ALTER TABLE baseline_columns ADD COLUMN owner_uid INTEGER;
+                 ALTER TABLE baseline_columns ADD COLUMN finished_seq INTEGER;",
+            )?;
+        }
+        if version < 4 {
+            conn.execute_batch(FROM_LAYOUT_3)?;
         }
         conn.execute_batch(&format!("PRAGMA user_version = {LAYOUT}"))?;
         Ok(())
@@ -165,6 +193,19 @@ const FROM_LAYOUT_2: &str = r#"
 ALTER TABLE jobs ADD COLUMN output_len INTEGER NOT NULL DEFAULT 0;
 UPDATE jobs SET output_len = COALESCE(json_extract(cursor, '$.file_len'), 0)
  WHERE kind = 'createExport' AND cursor IS NOT NULL;
+"#;
+
+/// Layout 3 → 4, once the new tables and columns exist (idempotent): every job's
+/// id and seq go to `job_ids`, the completion counter starts at the highest
+/// completion, and each baseline job's owner and completion are copied to its
+/// columns' row.
+const FROM_LAYOUT_3: &str = r#"
+INSERT OR IGNORE INTO job_ids (seq, id) SELECT seq, id FROM jobs;
+INSERT OR IGNORE INTO counters (name, value)
+    SELECT 'finished', COALESCE(MAX(finished_seq), 0) FROM jobs;
+UPDATE baseline_columns SET
+    owner_uid = (SELECT owner_uid FROM jobs WHERE seq = job_seq),
+    finished_seq = (SELECT finished_seq FROM jobs WHERE seq = job_seq AND state = 'completed');
 "#;
 
 #[cfg(test)]

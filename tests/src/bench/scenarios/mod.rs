@@ -5,6 +5,7 @@ mod http;
 mod ingest;
 mod jobs;
 mod nodes;
+mod prune;
 
 use super::env::Env;
 use super::stats::Measure;
@@ -129,6 +130,18 @@ pub const ALL: &[Scenario] = &[
         about: "many small jobs on 3 nodes vs on 1 node (same database server)",
         big: false,
         run: nodes::many,
+    },
+    Scenario {
+        name: "prune",
+        about: "`jobctl stop` wall p99 on a running ingest job while `jobctl prune` forgets 100 000 finished jobs (ref: before the prune)",
+        big: false,
+        run: prune::prune,
+    },
+    Scenario {
+        name: "pg-prune",
+        about: "PostgreSQL store: the same prune scenario",
+        big: false,
+        run: prune::pg_prune,
     },
     Scenario {
         name: "http",

@@ -179,7 +179,7 @@
   }
 
   function updateButtons(state) {
-    const finished = ['completed', 'failed', 'terminated'].includes(state);
+    const finished = ['completed', 'failed', 'terminated', 'reverted'].includes(state);
     const set = (name, enabled) => {
       const b = document.querySelector('button[data-control="' + name + '"]');
       if (b) b.disabled = !enabled;
@@ -187,6 +187,8 @@
     set('stop', state === 'running' || state === 'queued');
     set('start', state === 'paused');
     set('terminate', !finished);
+    set('revert', job.dataset.kind !== 'createExport' &&
+      (state === 'completed' || state === 'failed'));
   }
 
   function onJobPage(info) {
@@ -323,7 +325,8 @@
 
   async function control(action) {
     const status = $('#control-status');
-    say(status, action === 'stop' ? 'Stopping…' : action === 'start' ? 'Starting…' : 'Terminating…');
+    const doing = { stop: 'Stopping…', start: 'Starting…', terminate: 'Terminating…', revert: 'Reverting…' };
+    say(status, doing[action] || '');
     try {
       const r = await fetch('/jobs/' + encodeURIComponent(job.dataset.id) + '/' + action,
         { method: 'POST' });
@@ -339,12 +342,14 @@
   }
 
   if (job) {
-    const dialog = $('#confirm-dialog');
+    // The actions that ask first, each with its dialog.
+    const dialogs = { terminate: $('#confirm-dialog'), revert: $('#revert-dialog') };
     document.querySelectorAll('.controls form').forEach((form) => {
       form.addEventListener('submit', (e) => {
         e.preventDefault();
         const action = form.dataset.action;
-        if (action === 'terminate' && dialog && dialog.showModal) {
+        const dialog = dialogs[action];
+        if (dialog && dialog.showModal) {
           dialog.returnValue = '';
           dialog.showModal();
         } else {
@@ -352,11 +357,13 @@
         }
       });
     });
-    if (dialog) {
-      dialog.addEventListener('close', () => {
-        if (dialog.returnValue === 'confirm') control('terminate');
-      });
-    }
+    Object.entries(dialogs).forEach(([action, dialog]) => {
+      if (dialog) {
+        dialog.addEventListener('close', () => {
+          if (dialog.returnValue === 'confirm') control(action);
+        });
+      }
+    });
     updateButtons(job.dataset.state);
   }
 
