@@ -1,7 +1,9 @@
 //! Forgetting many finished jobs while a job runs: the wall time of `jobctl stop
 //! ID` (a whole process, as a user runs it) on a running ingest job while
 //! `jobctl prune` forgets 100 000 finished jobs, against the same daemon and
-//! job just before the prune.
+//! job just before the prune. Every other stop goes over one open connection
+//! instead (the client library): the daemon's share, without the start-up of a
+//! process, which on a busy 2-core host has a tail of its own.
 //!
 //! The store of finished jobs is built once (submitting takes minutes); every
 //! run starts a daemon on a fresh copy of it (the state directory copied, or on
@@ -60,6 +62,12 @@ fn prune_with(env: &Env, name: &str) -> Result<Vec<Measure>> {
         None,
     );
     let mut max = Measure::new(name, "  same, max (info)", Unit::Seconds, None);
+    let mut conn_p99 = Measure::new(
+        name,
+        "  stop → answer over one connection during the prune, p99 (ref: before) (info)",
+        Unit::Seconds,
+        None,
+    );
     let mut stops = Measure::new(
         name,
         "  stops sampled during the prune (info)",
@@ -88,9 +96,10 @@ fn prune_with(env: &Env, name: &str) -> Result<Vec<Measure>> {
         // Before: as many stops as a prune usually lasts, on the same job.
         let reference_stops = (env.sizes.jobctl_stops).max(30);
         let never = AtomicBool::new(false);
-        let before = stop_cycles(&d, &file, &mut id, &mut rng, &never, reference_stops)?;
+        let (before, before_conn) =
+            stop_cycles(&d, &file, &mut id, &mut rng, &never, reference_stops)?;
         let pruned = AtomicBool::new(false);
-        let (during, (count, prune_took)) = std::thread::scope(|s| {
+        let ((during, during_conn), (count, prune_took)) = std::thread::scope(|s| {
             let pruner = s.spawn(|| {
                 let t = Instant::now();
                 let count = block_on(async {
@@ -113,14 +122,15 @@ fn prune_with(env: &Env, name: &str) -> Result<Vec<Measure>> {
         if count < n as u64 || count > n as u64 + 4 {
             bail!("the prune forgot {count} jobs, expected {n}");
         }
-        if during.is_empty() {
-            bail!("the prune ended before a stop could be timed");
+        if during.is_empty() || during_conn.is_empty() {
+            bail!("the prune ended before stops could be timed");
         }
         let (b, w) = (latencies(&before), latencies(&during));
+        let (bc, wc) = (latencies(&before_conn), latencies(&during_conn));
         progress(
             name,
             format!(
-                "run {}/{}: prune of {count} jobs in {:.2} s; jobctl stop during it p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} stops; before it p50 {:.2} ms, p99 {:.2} ms",
+                "run {}/{}: prune of {count} jobs in {:.2} s; jobctl stop during it p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} stops; before it p50 {:.2} ms, p99 {:.2} ms; over one connection during/before p99 {:.2}/{:.2} ms",
                 run + 1,
                 env.sizes.runs,
                 secs(prune_took),
@@ -130,8 +140,11 @@ fn prune_with(env: &Env, name: &str) -> Result<Vec<Measure>> {
                 during.len(),
                 b.p50 * 1e3,
                 b.p99 * 1e3,
+                wc.p99 * 1e3,
+                bc.p99 * 1e3,
             ),
         );
+        conn_p99.push_with_ref(wc.p99, bc.p99);
         p99.push_with_ref(w.p99, b.p99);
         p50.push_with_ref(w.p50, b.p50);
         max.push(w.max);
@@ -139,7 +152,7 @@ fn prune_with(env: &Env, name: &str) -> Result<Vec<Measure>> {
         took.push(secs(prune_took));
         rate.push(count as f64 / secs(prune_took));
     }
-    Ok(vec![p99, p50, max, stops, took, rate])
+    Ok(vec![p99, p50, max, conn_p99, stops, took, rate])
 }
 
 /// `n` finished jobs: small uploads (one record and one row error each) over
@@ -195,10 +208,11 @@ async fn running_ingest_job(c: &mut Client, file: &Path) -> Result<String> {
     Ok(id)
 }
 
-/// Cycles of: let the job run 1–5 ms, `jobctl stop ID` (timed as a whole
-/// process, must succeed), `jobctl start ID`; until `max` stops were timed or
-/// `until` turns true (a stop that began before it did still counts). A job
-/// that completes is submitted again. Returns the stop times.
+/// Cycles of: let the job run 1–5 ms, stop it (timed), start it; until `max`
+/// stops of each way were timed or `until` turns true (a stop that began
+/// before it did still counts). The stops alternate: `jobctl stop ID` as a
+/// process, then `stop` over one open connection. A job that completes is
+/// submitted again. Returns the times of each way.
 fn stop_cycles(
     d: &Jobd,
     file: &Path,
@@ -206,35 +220,54 @@ fn stop_cycles(
     rng: &mut XorShift,
     until: &AtomicBool,
     max: usize,
-) -> Result<Vec<f64>> {
-    let mut out = Vec::new();
-    while out.len() < max && !until.load(Ordering::SeqCst) {
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut c = rt.block_on(d.client())?;
+    let (mut by_jobctl, mut by_conn) = (Vec::new(), Vec::new());
+    let finished =
+        |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).contains("job_finished");
+    while by_jobctl.len().min(by_conn.len()) < max && !until.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_micros(1000 + rng.below(4000)));
-        let mut cmd = d.jobctl(&["stop", id]);
-        let t = Instant::now();
-        let o = cmd.output()?;
-        let dt = t.elapsed();
-        let finished =
-            |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).contains("job_finished");
-        if o.status.success() {
-            out.push(secs(dt));
-            let o = d.jobctl(&["start", id]).output()?;
+        let with_jobctl = by_jobctl.len() <= by_conn.len();
+        let stopped = if with_jobctl {
+            let mut cmd = d.jobctl(&["stop", id]);
+            let t = Instant::now();
+            let o = cmd.output()?;
+            let dt = t.elapsed();
             if o.status.success() {
-                continue;
+                by_jobctl.push(secs(dt));
+                true
+            } else if finished(&o) {
+                false
+            } else {
+                bail!("jobctl stop failed: {}", String::from_utf8_lossy(&o.stderr));
             }
-            if !finished(&o) {
-                bail!(
-                    "jobctl start failed: {}",
-                    String::from_utf8_lossy(&o.stderr)
-                );
+        } else {
+            let t = Instant::now();
+            let r = rt.block_on(c.control(id, "stop"));
+            let dt = t.elapsed();
+            match r {
+                Ok(info) if info.state == JobState::Paused => {
+                    by_conn.push(secs(dt));
+                    true
+                }
+                Ok(info) if info.state.is_finished() => false,
+                Err(e) if e.code() == Some(jobd_protocol::ErrorCode::JobFinished) => false,
+                Ok(info) => bail!("stop answered {}", info.state),
+                Err(e) => bail!("stop {id}: {e}"),
             }
-        } else if !finished(&o) {
-            bail!("jobctl stop failed: {}", String::from_utf8_lossy(&o.stderr));
+        };
+        if stopped {
+            match rt.block_on(c.control(id, "start")) {
+                Ok(info) if !info.state.is_finished() => continue,
+                Ok(_) => {}
+                Err(e) if e.code() == Some(jobd_protocol::ErrorCode::JobFinished) => {}
+                Err(e) => bail!("start {id}: {e}"),
+            }
         }
-        *id = block_on(async {
-            let mut c = d.client().await?;
-            running_ingest_job(&mut c, file).await
-        })?;
+        *id = rt.block_on(running_ingest_job(&mut c, file))?;
     }
-    Ok(out)
+    Ok((by_jobctl, by_conn))
 }
