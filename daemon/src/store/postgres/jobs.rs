@@ -207,13 +207,27 @@ pub async fn read_claimed(
     seq: i64,
     epoch: i64,
 ) -> Result<Locked, StoreError> {
-    let stmt = c
-        .prepare_cached("SELECT owner, output_len, records, epoch FROM jobd.jobs WHERE seq = $1")
-        .await?;
+    claimed_row(c, seq, epoch, false).await
+}
+
+/// The figures of the job's row if `epoch` is still its claim, locked for the
+/// caller's transaction when `lock`.
+async fn claimed_row(
+    c: &impl GenericClient,
+    seq: i64,
+    epoch: i64,
+    lock: bool,
+) -> Result<Locked, StoreError> {
+    let sql = if lock {
+        "SELECT owner, output_len, records, epoch FROM jobd.jobs WHERE seq = $1 FOR UPDATE"
+    } else {
+        "SELECT owner, output_len, records, epoch FROM jobd.jobs WHERE seq = $1"
+    };
+    let stmt = c.prepare_cached(sql).await?;
     let row = c
         .query_opt(&stmt, &[&seq])
         .await?
-        .ok_or_else(|| StoreError::Corrupt(format!("job {seq} vanished")))?;
+        .ok_or(StoreError::Gone(seq))?;
     if row.try_get::<_, i64>(3)? != epoch {
         return Err(StoreError::Fenced(seq));
     }
@@ -256,23 +270,7 @@ pub async fn lock_claimed(
     seq: i64,
     epoch: i64,
 ) -> Result<Locked, StoreError> {
-    let stmt = c
-        .prepare_cached(
-            "SELECT owner, output_len, records, epoch FROM jobd.jobs WHERE seq = $1 FOR UPDATE",
-        )
-        .await?;
-    let row = c
-        .query_opt(&stmt, &[&seq])
-        .await?
-        .ok_or(StoreError::Gone(seq))?;
-    if row.try_get::<_, i64>(3)? != epoch {
-        return Err(StoreError::Fenced(seq));
-    }
-    Ok(Locked {
-        owner: row.try_get(0)?,
-        output_len: row.try_get(1)?,
-        records: row.try_get(2)?,
-    })
+    claimed_row(c, seq, epoch, true).await
 }
 
 /// Takes the next completion number: under the counter row's lock, held until
