@@ -39,6 +39,9 @@ const MIN_GUARD: Duration = Duration::from_secs(10);
 /// Waiting for a free pooled connection.
 const POOL_WAIT: Duration = Duration::from_secs(10);
 
+/// Startup options of every connection (see [`config_of`]).
+const CUSTOM_PLANS: &str = "-c plan_cache_mode=force_custom_plan";
+
 /// Checks a store URL without connecting.
 pub fn check_url(url: &str) -> Result<(), StoreError> {
     config_of(url).map(|_| ())
@@ -54,6 +57,16 @@ fn config_of(url: &str) -> Result<pg::Config, StoreError> {
     if c.get_application_name().is_none() {
         c.application_name("jobd");
     }
+    // Plans are made for each execution, with the table's size then: a cached
+    // generic plan made while the table was empty (a sequential scan) is kept
+    // until the next ANALYZE, which never comes with autovacuum off — and a
+    // claim or a key lookup then reads every job (40 ms at 100 000 jobs).
+    // The URL's own `options` come after, so they win.
+    let options = match c.get_options() {
+        Some(o) if !o.trim().is_empty() => format!("{CUSTOM_PLANS} {o}"),
+        _ => CUSTOM_PLANS.to_string(),
+    };
+    c.options(&options);
     // A server that vanished without closing (network cut) is noticed in ~1 min.
     c.keepalives_idle(Duration::from_secs(30));
     c.keepalives_interval(Duration::from_secs(10));
@@ -437,5 +450,48 @@ mod tests {
             "postgres://u@h/d?a=1&password=****&b=2"
         );
         assert_eq!(mask("postgres://h/d"), "postgres://h/d");
+    }
+
+    /// What a session of ours runs with, as the server reports it; `None`
+    /// without a server (a failure under `CI=true`).
+    fn plan_cache_mode(query: &str) -> Option<String> {
+        let server = std::env::var("JOBD_TEST_PG")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432".to_string());
+        let url = format!("{}/postgres{query}", server.trim_end_matches('/'));
+        let config = config_of(&url).expect("a valid URL");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        rt.block_on(async {
+            let (client, conn) = match config.connect(pg::NoTls).await {
+                Ok(c) => c,
+                Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+                    panic!("PostgreSQL is needed and not reachable at {url}: {e}")
+                }
+                Err(e) => {
+                    eprintln!("skipped: PostgreSQL not reachable at {url}: {e}");
+                    return None;
+                }
+            };
+            tokio::spawn(conn);
+            let row = client
+                .query_one("SHOW plan_cache_mode", &[])
+                .await
+                .expect("SHOW");
+            Some(row.get(0))
+        })
+    }
+
+    #[test]
+    fn sessions_plan_each_execution_unless_the_url_says_otherwise() {
+        let Some(mode) = plan_cache_mode("") else {
+            return;
+        };
+        assert_eq!(mode, "force_custom_plan");
+        let own = plan_cache_mode("?options=-c%20plan_cache_mode%3Dauto");
+        assert_eq!(own.as_deref(), Some("auto"));
     }
 }
