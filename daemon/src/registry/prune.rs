@@ -1,12 +1,15 @@
 //! Forgetting finished jobs: `prune` on request, and `--retention` by itself.
 //!
-//! A prune runs in batches of [`BATCH`] jobs, one short store transaction each,
+//! The map names the candidates; a prune forgets them in batches of [`BATCH`]
+//! jobs, one short store transaction each over the seq range of its candidates
+//! (bounded work, whatever the store's planner thinks of the table),
 //! so that controls and commits of running jobs wait at most for one batch (on
 //! SQLite writers queue first-in first-out, so a waiting commit goes before the
 //! next batch). After each batch it rests as long as the batch took: a worker
 //! parking for a stop writes twice (its last batch, then its state), and the
 //! second write then finds the store free instead of behind the next batch; the
-//! prune also leaves half of a core to the rest. Each batch is taken out of the
+//! prune also leaves half of its core (on PostgreSQL, of the server backend
+//! deleting for it) to the rest. Each batch is taken out of the
 //! map as soon as it has committed; on a shared store the other nodes hear of
 //! the deletions and do the same.
 
@@ -53,37 +56,73 @@ impl Registry {
         }
         let older_than = u64::try_from(p.older_than.as_millis()).unwrap_or(u64::MAX);
         let ended_before = now_ms().saturating_sub(older_than);
+        let candidates = self.prune_candidates(&states, ended_before, p.owner.as_deref());
         let states = Arc::new(states);
-        let mut after = 0;
         let mut total = 0u64;
-        loop {
-            let store = Arc::clone(&self.store);
-            let (states, owner) = (Arc::clone(&states), p.owner.clone());
-            let started = Instant::now();
-            let gone = blocking(move || {
-                store
-                    .prune(&PruneQuery {
-                        states: &states,
-                        ended_before,
-                        owner: owner.as_deref(),
-                        after,
-                        limit: BATCH,
-                    })
-                    .map_err(Refusal::storage)
-            })
-            .await?;
-            let Some(last) = gone.last() else {
-                break;
+        for chunk in candidates.chunks(BATCH) {
+            let (Some(first), Some(&through)) = (chunk.first(), chunk.last()) else {
+                continue;
             };
-            after = last.seq;
-            total += gone.len() as u64;
-            self.forget_pruned(&gone);
-            tokio::time::sleep(started.elapsed().min(MAX_REST)).await;
+            let mut after = first - 1;
+            loop {
+                let store = Arc::clone(&self.store);
+                let (states, owner) = (Arc::clone(&states), p.owner.clone());
+                let started = Instant::now();
+                let gone = blocking(move || {
+                    store
+                        .prune(&PruneQuery {
+                            states: &states,
+                            ended_before,
+                            owner: owner.as_deref(),
+                            after,
+                            through,
+                            limit: BATCH,
+                        })
+                        .map_err(Refusal::storage)
+                })
+                .await?;
+                let Some(last) = gone.last() else {
+                    break;
+                };
+                after = last.seq;
+                total += gone.len() as u64;
+                self.forget_pruned(&gone);
+                tokio::time::sleep(started.elapsed().min(MAX_REST)).await;
+                // Fewer than asked: nothing more in this range.
+                if gone.len() < BATCH {
+                    break;
+                }
+            }
         }
         if total > 0 {
             self.shrink_map();
         }
         Ok(total)
+    }
+
+    /// The seqs, in order, of the jobs the map says a prune would forget. The
+    /// store checks each again; what the map does not know yet (a job another
+    /// node just finished) waits for the next prune.
+    fn prune_candidates(
+        &self,
+        states: &[JobState],
+        ended_before: u64,
+        owner: Option<&str>,
+    ) -> Vec<i64> {
+        let mut seqs: Vec<i64> = {
+            let st = self.lock();
+            st.jobs
+                .values()
+                .filter(|e| {
+                    states.contains(&e.info.state)
+                        && e.info.updated_at <= ended_before
+                        && owner.is_none_or(|o| e.info.owner == o)
+                })
+                .map(|e| e.seq)
+                .collect()
+        };
+        seqs.sort_unstable();
+        seqs
     }
 
     /// Takes pruned jobs out of the map.

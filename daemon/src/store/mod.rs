@@ -283,8 +283,11 @@ pub struct PruneQuery<'a> {
     pub ended_before: u64,
     /// Only this user's jobs (by name, as ownership goes), or everyone's.
     pub owner: Option<&'a str>,
-    /// Only jobs after this seq: where the previous batch stopped.
+    /// Only jobs after this seq and up to `through`: the range of one batch's
+    /// candidates, so that a batch reads a bounded part of the jobs whatever
+    /// the planner believes of the table.
     pub after: i64,
+    pub through: i64,
     pub limit: usize,
 }
 

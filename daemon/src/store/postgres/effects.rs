@@ -417,7 +417,7 @@ pub async fn prune(client: &mut Object, q: &PruneQuery<'_>) -> Result<Vec<Forgot
             "WITH gone AS (
                 DELETE FROM jobd.jobs WHERE seq IN (
                     SELECT seq FROM jobd.jobs
-                     WHERE seq > $1
+                     WHERE seq > $1 AND seq <= $6
                        AND state IN ('completed', 'failed', 'terminated', 'reverted')
                        AND state = ANY($2) AND updated_at <= $3
                        AND ($4::text IS NULL OR owner = $4)
@@ -431,6 +431,7 @@ pub async fn prune(client: &mut Object, q: &PruneQuery<'_>) -> Result<Vec<Forgot
                 &(q.ended_before.min(i64::MAX as u64) as i64),
                 &q.owner,
                 &(q.limit as i64),
+                &q.through,
             ],
         )
         .await?;
@@ -451,20 +452,38 @@ pub async fn prune(client: &mut Object, q: &PruneQuery<'_>) -> Result<Vec<Forgot
             id: r.try_get(1)?,
         });
     }
-    if !seqs.is_empty() {
+    // Each delete also bounds its key to the batch's range: on tables never
+    // analyzed (autovacuum off) a list of a few hundred keys alone looks like
+    // the whole table to the planner, which then reads all of it per batch.
+    if let (Some(&lo), Some(&hi)) = (seqs.iter().min(), seqs.iter().max()) {
         for sql in [
-            "DELETE FROM jobd.row_errors WHERE job_seq = ANY($1)",
-            "DELETE FROM jobd.output_chunks WHERE job_seq = ANY($1)",
+            "DELETE FROM jobd.row_errors
+              WHERE job_seq BETWEEN $2 AND $3 AND job_seq = ANY($1)",
+            "DELETE FROM jobd.output_chunks
+              WHERE job_seq BETWEEN $2 AND $3 AND job_seq = ANY($1)",
         ] {
-            tx.execute(sql, &[&seqs]).await?;
+            tx.execute(sql, &[&seqs, &lo, &hi]).await?;
         }
     }
-    if !uploads.is_empty() {
-        for sql in [
-            "DELETE FROM jobd.upload_chunks WHERE upload_id = ANY($1)",
-            "DELETE FROM jobd.uploads WHERE id = ANY($1)",
-        ] {
-            tx.execute(sql, &[&uploads]).await?;
+    // A job's upload is deleted in the transaction that ends it: the prune
+    // removes one only if it is still there, and looks for its chunks only then
+    // (a range of upload ids may hold a big upload that is still running).
+    if let (Some(&lo), Some(&hi)) = (uploads.iter().min(), uploads.iter().max()) {
+        let left: Vec<i64> = tx
+            .query(
+                "DELETE FROM jobd.uploads WHERE id BETWEEN $2 AND $3 AND id = ANY($1) RETURNING id",
+                &[&uploads, &lo, &hi],
+            )
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+        for id in left {
+            tx.execute(
+                "DELETE FROM jobd.upload_chunks WHERE upload_id = $1",
+                &[&id],
+            )
+            .await?;
         }
     }
     tx.commit().await?;

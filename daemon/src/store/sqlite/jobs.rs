@@ -213,7 +213,7 @@ pub fn prunable(
     let states = states_json(q.states)?;
     let mut stmt = conn.prepare_cached(
         "SELECT seq, id, kind, input FROM jobs
-          WHERE seq > ?1 AND state IN (SELECT value FROM json_each(?2))
+          WHERE seq > ?1 AND seq <= ?6 AND state IN (SELECT value FROM json_each(?2))
             AND updated_at <= ?3 AND (?4 IS NULL OR owner = ?4)
           ORDER BY seq LIMIT ?5",
     )?;
@@ -223,7 +223,8 @@ pub fn prunable(
             states,
             q.ended_before.min(i64::MAX as u64) as i64,
             q.owner,
-            q.limit as i64
+            q.limit as i64,
+            q.through
         ],
         |r| {
             Ok((
