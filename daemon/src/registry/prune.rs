@@ -128,9 +128,6 @@ impl Registry {
     /// Takes pruned jobs out of the map.
     fn forget_pruned(&self, gone: &[Forgotten]) {
         let mut st = self.lock();
-        if self.shared {
-            st.pruned_here.extend(gone.iter().map(|f| f.seq));
-        }
         for f in gone {
             match st.jobs.get(&f.id) {
                 Some(e) if e.seq == f.seq && e.worker.is_none() => {
@@ -141,7 +138,12 @@ impl Registry {
                 Some(e) if e.seq == f.seq => {
                     st.pruned_with_worker.insert(f.id.clone());
                 }
-                _ => {}
+                // The store's own announcement of the deletion came first.
+                _ => continue,
+            }
+            // Its announcement, when it comes, has nothing left to do.
+            if self.shared {
+                st.pruned_here.insert(f.seq);
             }
         }
     }
