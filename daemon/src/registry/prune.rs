@@ -60,44 +60,58 @@ impl Registry {
         let states = Arc::new(states);
         let mut total = 0u64;
         for chunk in candidates.chunks(BATCH) {
-            let (Some(first), Some(&through)) = (chunk.first(), chunk.last()) else {
-                continue;
-            };
-            let mut after = first - 1;
-            loop {
-                let store = Arc::clone(&self.store);
-                let (states, owner) = (Arc::clone(&states), p.owner.clone());
-                let started = Instant::now();
-                let gone = blocking(move || {
-                    store
-                        .prune(&PruneQuery {
-                            states: &states,
-                            ended_before,
-                            owner: owner.as_deref(),
-                            after,
-                            through,
-                            limit: BATCH,
-                        })
-                        .map_err(Refusal::storage)
-                })
-                .await?;
-                let Some(last) = gone.last() else {
-                    break;
-                };
-                after = last.seq;
-                total += gone.len() as u64;
-                self.forget_pruned(&gone);
-                tokio::time::sleep(started.elapsed().min(MAX_REST)).await;
-                // Fewer than asked: nothing more in this range.
-                if gone.len() < BATCH {
-                    break;
-                }
+            if let (Some(first), Some(&through)) = (chunk.first(), chunk.last()) {
+                let range = (first - 1, through);
+                total += self
+                    .prune_range(&states, ended_before, &p.owner, range)
+                    .await?;
             }
         }
         if total > 0 {
             self.shrink_map();
         }
         Ok(total)
+    }
+
+    /// Forgets what the store finds to forget among the jobs with seqs in
+    /// `(after, through]`, a batch at a time. Returns how many.
+    async fn prune_range(
+        self: &Arc<Self>,
+        states: &Arc<Vec<JobState>>,
+        ended_before: u64,
+        owner: &Option<String>,
+        (mut after, through): (i64, i64),
+    ) -> Result<u64, Refusal> {
+        let mut total = 0u64;
+        loop {
+            let store = Arc::clone(&self.store);
+            let (states, owner) = (Arc::clone(states), owner.clone());
+            let started = Instant::now();
+            let gone = blocking(move || {
+                store
+                    .prune(&PruneQuery {
+                        states: &states,
+                        ended_before,
+                        owner: owner.as_deref(),
+                        after,
+                        through,
+                        limit: BATCH,
+                    })
+                    .map_err(Refusal::storage)
+            })
+            .await?;
+            let Some(last) = gone.last() else {
+                return Ok(total);
+            };
+            after = last.seq;
+            total += gone.len() as u64;
+            self.forget_pruned(&gone);
+            tokio::time::sleep(started.elapsed().min(MAX_REST)).await;
+            // Fewer than asked: nothing more in this range.
+            if gone.len() < BATCH {
+                return Ok(total);
+            }
+        }
     }
 
     /// The seqs, in order, of the jobs the map says a prune would forget. The
